@@ -1,0 +1,14 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    """Each test starts from the same global seed and an empty Keras session."""
+    keras.utils.set_random_seed(1234)
+    yield
+    keras.backend.clear_session()

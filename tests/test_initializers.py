@@ -1,0 +1,269 @@
+import inspect
+import math
+
+import keras
+import numpy as np
+import pytest
+from scipy import stats
+
+import keras_fanin
+from keras_fanin import FanScaling, He, LeCun, Xavier
+from tests.helpers import round_trip
+
+TRUNCATED_STD = 0.87962566103423978
+DENSE = (400, 300)  # 120,000 values
+CONV = (3, 3, 96, 128)  # 110,592 values, receptive field 9
+
+
+def expected_std(init, shape):
+    """The std each initializer promises, written out from the formulas."""
+    receptive = math.prod(shape[:-2])
+    fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+    if isinstance(init, He):
+        return init.gain * math.sqrt(2 / ((1 + init.negative_slope**2) * fan_in))
+    if isinstance(init, LeCun):
+        return init.gain * math.sqrt(1 / fan_in)
+    if isinstance(init, Xavier):
+        return init.gain * math.sqrt(2 / (fan_in + fan_out))
+    fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}
+    return init.gain / math.sqrt(fan[init.mode])
+
+
+def promised_law(distribution, std):
+    if distribution == "truncated_normal":
+        return stats.truncnorm(-2, 2, scale=std / TRUNCATED_STD)
+    if distribution == "normal":
+        return stats.norm(scale=std)
+    limit = std * math.sqrt(3)
+    return stats.uniform(loc=-limit, scale=2 * limit)
+
+
+FACTORIES = {
+    "He": lambda **kw: He(**kw),
+    "He_leaky": lambda **kw: He(negative_slope=0.2, **kw),
+    "LeCun": lambda **kw: LeCun(**kw),
+    "Xavier": lambda **kw: Xavier(**kw),
+    "FanScaling_fan_in": lambda **kw: FanScaling(mode="fan_in", **kw),
+    "FanScaling_fan_out": lambda **kw: FanScaling(mode="fan_out", **kw),
+    "FanScaling_fan_avg": lambda **kw: FanScaling(mode="fan_avg", **kw),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+@pytest.mark.parametrize("shape", [DENSE, CONV], ids=["dense", "conv"])
+@pytest.mark.parametrize("distribution", ["truncated_normal", "normal", "uniform"])
+@pytest.mark.parametrize("gain", [0.5, 1.0, 2.5])
+def test_std_and_law(name, shape, distribution, gain):
+    init = FACTORIES[name](gain=gain, distribution=distribution, seed=7)
+    values = keras.ops.convert_to_numpy(init(shape)).ravel().astype(np.float64)
+    std = expected_std(init, shape)
+    assert values.size >= 100_000
+    assert init.stddev(shape) == pytest.approx(std, rel=1e-12)
+    assert np.std(values) == pytest.approx(std, rel=0.02)
+    assert abs(np.mean(values)) < 0.02 * std
+    assert stats.kstest(values, promised_law(distribution, std).cdf).pvalue > 1e-3
+
+
+def test_ks_test_has_power_to_reject_the_wrong_law():
+    """The law check above can fail: each law is rejected as another law."""
+    shape, std = DENSE, math.sqrt(2 / DENSE[0])
+    for drawn, claimed in [
+        ("truncated_normal", "normal"),
+        ("normal", "truncated_normal"),
+        ("uniform", "normal"),
+    ]:
+        values = keras.ops.convert_to_numpy(He(distribution=drawn, seed=3)(shape))
+        law = promised_law(claimed, std)
+        assert stats.kstest(values.ravel(), law.cdf).pvalue < 1e-6, (drawn, claimed)
+
+
+def test_truncation_is_at_two_underlying_sigmas_and_normal_is_untruncated():
+    std = math.sqrt(2 / DENSE[0])
+    trunc = keras.ops.convert_to_numpy(He(seed=1)(DENSE))
+    normal = keras.ops.convert_to_numpy(He(distribution="normal", seed=1)(DENSE))
+    uniform = keras.ops.convert_to_numpy(He(distribution="uniform", seed=1)(DENSE))
+    assert np.abs(trunc).max() <= 2 * std / TRUNCATED_STD * (1 + 1e-6)
+    assert np.abs(trunc).max() > 1.95 * std / TRUNCATED_STD
+    assert np.abs(normal).max() > 3.5 * std
+    assert np.abs(uniform).max() <= std * math.sqrt(3) * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+@pytest.mark.parametrize("distribution", ["truncated_normal", "normal", "uniform"])
+def test_gain_scales_the_same_draw(name, distribution):
+    base_init = FACTORIES[name](gain=1.0, distribution=distribution, seed=11)
+    base = keras.ops.convert_to_numpy(base_init(CONV))
+    for gain in (0.25, 1.7, 3.0):
+        scaled = FACTORIES[name](gain=gain, distribution=distribution, seed=11)(CONV)
+        # Equal up to float32 rounding: a uniform draw is `-limit + u * 2 * limit`,
+        # whose rounding error is absolute (a few ulps of `limit`), not relative.
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(scaled),
+            gain * base,
+            rtol=2e-6,
+            atol=1e-6 * gain * base_init.stddev(CONV),
+        )
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (He(seed=5), keras.initializers.HeNormal(seed=5)),
+        (He(distribution="uniform", seed=5), keras.initializers.HeUniform(seed=5)),
+        (LeCun(seed=5), keras.initializers.LecunNormal(seed=5)),
+        (
+            LeCun(distribution="uniform", seed=5),
+            keras.initializers.LecunUniform(seed=5),
+        ),
+        (Xavier(seed=5), keras.initializers.GlorotNormal(seed=5)),
+        (
+            Xavier(distribution="uniform", seed=5),
+            keras.initializers.GlorotUniform(seed=5),
+        ),
+        (
+            FanScaling(mode="fan_out", distribution="normal", seed=5),
+            keras.initializers.VarianceScaling(
+                mode="fan_out", distribution="untruncated_normal", seed=5
+            ),
+        ),
+    ],
+    ids=repr,
+)
+def test_gain_one_matches_keras_builtin_with_same_seed(ours, theirs):
+    for shape in (DENSE, (5, 7, 3, 8)):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(ours(shape)),
+            keras.ops.convert_to_numpy(theirs(shape)),
+            rtol=1e-6,
+        )
+
+
+def test_int_seed_and_none_repeat_and_seed_generator_advances():
+    shape = (64, 32)
+    seeded = He(seed=3)
+    np.testing.assert_array_equal(seeded(shape), seeded(shape))
+    unseeded = He()
+    np.testing.assert_array_equal(unseeded(shape), unseeded(shape))
+    assert not np.array_equal(He(seed=3)(shape), He(seed=4)(shape))
+    advancing = He(seed=keras.random.SeedGenerator(3))
+    first, second = advancing(shape), advancing(shape)
+    assert not np.array_equal(first, second)
+    again = He(seed=keras.random.SeedGenerator(3))
+    np.testing.assert_array_equal(first, again(shape))
+
+
+def test_set_random_seed_makes_unseeded_initializers_reproducible():
+    keras.utils.set_random_seed(99)
+    first = keras.ops.convert_to_numpy(He()((64, 32)))
+    other = keras.ops.convert_to_numpy(He()((64, 32)))
+    keras.utils.set_random_seed(99)
+    np.testing.assert_array_equal(first, He()((64, 32)))
+    assert not np.array_equal(first, other)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_float_dtypes(dtype):
+    values = He(seed=1)((300, 200), dtype=dtype)
+    assert keras.backend.standardize_dtype(values.dtype) == dtype
+    std = float(np.std(keras.ops.convert_to_numpy(keras.ops.cast(values, "float32"))))
+    assert std == pytest.approx(math.sqrt(2 / 300), rel=0.03)
+
+
+def test_default_dtype_follows_floatx():
+    assert keras.backend.standardize_dtype(He(seed=1)((4, 4)).dtype) == "float32"
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64", "bool", "uint8"])
+def test_non_float_dtype_is_a_type_error(dtype):
+    with pytest.raises(TypeError, match=f"He only draws floating-point.*{dtype}"):
+        He()((4, 4), dtype=dtype)
+
+
+BAD_ARGUMENTS = [
+    (He, {"gain": -1}, ValueError, r"Argument `gain` must be a positive finite number. Received: gain=-1"),
+    (He, {"gain": 0}, ValueError, r"gain=0"),
+    (He, {"gain": float("nan")}, ValueError, r"gain=nan"),
+    (He, {"gain": float("inf")}, ValueError, r"gain=inf"),
+    (He, {"gain": "2"}, TypeError, r"Argument `gain` must be a positive finite number. Received: gain='2'"),
+    (He, {"gain": True}, TypeError, r"gain=True"),
+    (He, {"gain": None}, TypeError, r"gain=None"),
+    (He, {"negative_slope": -0.1}, ValueError, r"Argument `negative_slope` must be a non-negative finite number. Received: negative_slope=-0.1"),
+    (He, {"negative_slope": float("nan")}, ValueError, r"negative_slope=nan"),
+    (He, {"negative_slope": "0.2"}, TypeError, r"negative_slope='0.2'"),
+    (He, {"distribution": "gaussian"}, ValueError, r"Argument `distribution` must be one of \{'truncated_normal', 'normal', 'uniform'\}. Received: distribution='gaussian'"),
+    (LeCun, {"distribution": "untruncated_normal"}, ValueError, r"distribution='untruncated_normal'"),
+    (Xavier, {"distribution": None}, ValueError, r"distribution=None"),
+    (FanScaling, {"mode": "fan_x"}, ValueError, r"Argument `mode` must be one of \{'fan_in', 'fan_out', 'fan_avg'\}. Received: mode='fan_x'"),
+    (FanScaling, {"seed": 1.5}, TypeError, r"Argument `seed` must be None, an int or a `keras.random.SeedGenerator`. Received: seed=1.5"),
+    (LeCun, {"seed": "42"}, TypeError, r"seed='42'"),
+    (Xavier, {"gain": -2.0}, ValueError, r"gain=-2.0"),
+    (FanScaling, {"input_axes": 0, "output_axes": [1]}, TypeError, r"Argument `input_axes` must be None or a sequence of integers"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("cls, kwargs, error, message", BAD_ARGUMENTS)
+def test_bad_arguments_fail_at_construction(cls, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        cls(**kwargs)
+
+
+def test_axes_outside_the_kernel_fail_with_a_clear_error():
+    init = FanScaling(input_axes=[0], output_axes=[5])
+    with pytest.raises(ValueError, match="output_axes.*rank 2"):
+        init((4, 4))
+
+
+ALL_CLASSES = [FanScaling, He, LeCun, Xavier]
+
+
+@pytest.mark.parametrize("cls", ALL_CLASSES)
+def test_config_holds_every_constructor_argument(cls):
+    params = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    assert set(cls().get_config()) == params
+
+
+@pytest.mark.parametrize(
+    "init",
+    [
+        He(gain=1.3, negative_slope=0.1, distribution="uniform", seed=4),
+        LeCun(gain=0.7, distribution="normal", seed=None),
+        Xavier(gain=2.0, seed=keras.random.SeedGenerator(8)),
+        FanScaling(gain=0.9, mode="fan_out", input_axes=[0], output_axes=[1, 2]),
+    ],
+    ids=lambda i: type(i).__name__,
+)
+def test_from_config_and_serialization_round_trip(init):
+    config = init.get_config()
+    rebuilt = type(init).from_config(config)
+    assert type(rebuilt) is type(init)
+    assert rebuilt.get_config() == config
+    restored = round_trip(init)
+    assert type(restored) is type(init)
+    assert restored.get_config() == config
+    if isinstance(config["seed"], int):  # an unseeded one picks a new seed
+        np.testing.assert_array_equal(rebuilt((8, 6)), init((8, 6)))
+
+
+def test_registered_under_package_name_and_resolved_by_string():
+    for cls in ALL_CLASSES:
+        name = f"keras_fanin>{cls.__name__}"
+        assert keras.saving.get_registered_name(cls) == name
+        assert isinstance(keras.initializers.get(name), cls)
+    layer = keras.layers.Dense(64, kernel_initializer="keras_fanin>He")
+    layer.build((None, 512))
+    assert isinstance(layer.kernel_initializer, He)
+    std = float(np.std(keras.ops.convert_to_numpy(layer.kernel)))
+    assert std == pytest.approx(math.sqrt(2 / 512), rel=0.05)
+
+
+def test_repr_reads_like_the_constructor_call():
+    assert repr(He(gain=2.0, seed=3)) == (
+        "He(gain=2.0, negative_slope=0.0, distribution='truncated_normal', "
+        "seed=3, input_axes=None, output_axes=None)"
+    )
+
+
+def test_public_names():
+    assert sorted(keras_fanin.__all__) == keras_fanin.__all__
+    for name in keras_fanin.__all__:
+        assert getattr(keras_fanin, name) is not None
