@@ -35,6 +35,7 @@ setup(
         "test": [
             "pytest>=8",
             "scipy>=1.11",
+            "jax>=0.4",
             "matplotlib>=3.8",
             "scikit-learn>=1.4",
             "keras-tuner>=1.4",
