@@ -26,3 +26,46 @@ def round_trip(obj):
     return keras.saving.deserialize_keras_object(
         keras.saving.serialize_keras_object(obj)
     )
+
+
+def read_scalars(log_dir, run="gradient_health"):
+    """Reads every scalar of a run with TensorBoard's own event reader.
+
+    Returns `{tag: [(step, value), ...]}` (TF2 summaries are stored as tensors).
+    """
+    import os
+
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+
+    acc = event_accumulator.EventAccumulator(
+        os.path.join(str(log_dir), run), size_guidance={event_accumulator.TENSORS: 0}
+    )
+    acc.Reload()
+    return {
+        tag: [
+            (e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
+            for e in acc.Tensors(tag)
+        ]
+        for tag in acc.Tags()["tensors"]
+        if not tag.startswith("custom_scalars")
+    }
+
+
+def custom_scalars_layout(log_dir, run="gradient_health"):
+    """The custom-scalars layout proto written into a run, or None."""
+    import os
+
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.util import tensor_util
+
+    acc = event_accumulator.EventAccumulator(
+        os.path.join(str(log_dir), run), size_guidance={event_accumulator.TENSORS: 0}
+    )
+    acc.Reload()
+    tag = "custom_scalars__config__"
+    if tag not in acc.Tags()["tensors"]:
+        return None
+    raw = tensor_util.make_ndarray(acc.Tensors(tag)[0].tensor_proto).item()
+    return layout_pb2.Layout.FromString(raw)
