@@ -205,4 +205,15 @@ def build_stats_function(model, units, saturation_eps):
                 )
         return tf.stack(values)
 
-    return tf.function(stats, autograph=False, reduce_retracing=True), layout
+    def run(x, y, sample_weight):
+        # Inside a strategy's scope (fit() called under `strategy.scope()`),
+        # distributed variables can only be read in a replica context. Every
+        # replica then measures the whole probe batch; the first one's numbers
+        # are returned, equal to a single-device run.
+        if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
+            strategy = tf.distribute.get_strategy()
+            per_replica = strategy.run(stats, args=(x, y, sample_weight))
+            return strategy.experimental_local_results(per_replica)[0]
+        return stats(x, y, sample_weight)
+
+    return tf.function(run, autograph=False, reduce_retracing=True), layout

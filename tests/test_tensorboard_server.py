@@ -1,0 +1,75 @@
+"""Starts a real `tensorboard` server on 127.0.0.1 and reads the scalars over HTTP."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import keras
+import numpy as np
+import pytest
+
+import keras_fanin
+from tests.helpers import read_scalars
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_scalars_through_tensorboard_http_api(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 8)).astype("float32")
+    y = (x[:, :1] > 0).astype("float32")
+    model = keras.Sequential([
+        keras.Input((8,)),
+        keras.layers.Dense(16, activation="relu", name="hidden"),
+        keras.layers.Dense(1, activation="sigmoid", name="out"),
+    ])  # fmt: skip
+    model.compile("sgd", "binary_crossentropy")
+    health = keras_fanin.GradientHealth(tmp_path, (x, y), every_n_steps=2)
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[health])
+    expected = read_scalars(tmp_path)
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path),
+         "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/data/plugin/scalars"
+    try:
+        deadline, tags = time.monotonic() + 90, {}
+        while time.monotonic() < deadline:
+            assert server.poll() is None, "tensorboard exited"
+            try:
+                tags = get_json(f"{base}/tags").get("gradient_health", {})
+            except OSError:
+                tags = {}
+            if set(tags) == set(expected):
+                break
+            time.sleep(0.5)
+        assert set(tags) == set(expected)
+        for tag in ("grad_norm/hidden", "dead_relu_fraction/hidden", "probe_loss"):
+            query = urllib.parse.urlencode({"run": "gradient_health", "tag": tag})
+            series = get_json(f"{base}/scalars?{query}")
+            assert [(step, value) for _, step, value in series] == [
+                (step, pytest.approx(value, rel=1e-6)) for step, value in expected[tag]
+            ]
+        layout = get_json(f"http://127.0.0.1:{port}/data/plugin/custom_scalars/layout")
+        titles = [chart["title"] for chart in layout["category"][0]["chart"]]
+        assert "grad_norm" in titles and "dead_relu_fraction" in titles
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
