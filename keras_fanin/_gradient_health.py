@@ -264,21 +264,22 @@ class GradientHealth(keras.callbacks.Callback):
             self._warned.add(key)
             warnings.warn(message, GradientHealthWarning, stacklevel=2)
 
-    def _kernel_advice(self, unit, activation):
-        """What the fan rule says this layer's kernel std should be."""
+    def _kernel_advice(self, unit, activation, initializer):
+        """Advice on the layer's kernel from the fan rule and the gain table."""
         kernel = getattr(unit.layer, "kernel", None)
-        if kernel is None or activation is None:
-            return ""
-        try:
-            gain = calculate_gain(activation)
-        except (TypeError, ValueError):
-            return ""
+        if kernel is None:
+            return f" Try {initializer} for its kernel."
         fan_in, _ = compute_fans(tuple(kernel.shape))
-        target = gain / math.sqrt(max(1, fan_in))
+        target = calculate_gain(activation) / math.sqrt(max(1, fan_in))
         actual = float(np.std(keras.ops.convert_to_numpy(kernel)))
+        if abs(actual / target - 1) < 0.15:
+            return (
+                f" Its kernel std ({actual:.3g}) already follows the fan-in rule "
+                f"for {activation!r} (fan_in={fan_in})."
+            )
         return (
-            f" Its kernel std is {actual:.3g}; for {activation!r} and fan_in={fan_in} "
-            f"the fan-in rule gives {target:.3g}."
+            f" Its kernel std is {actual:.3g}; for {activation!r} and "
+            f"fan_in={fan_in} the fan-in rule gives {target:.3g}: try {initializer}."
         )
 
     def _check(self, step, values, record):
@@ -307,10 +308,12 @@ class GradientHealth(keras.callbacks.Callback):
                     (unit.name, "dead"),
                     f"GradientHealth: {dead:.0%} of the ReLU units of layer "
                     f"{unit.name!r} are dead at step {step} (zero for every probe "
-                    f"example). Try {recommended_initializer('relu')} for its "
-                    "kernel, a LeakyReLU with "
-                    f"{recommended_initializer('leaky_relu')}, or a lower learning "
-                    "rate." + self._kernel_advice(unit, "relu"),
+                    "example). Try a LeakyReLU with "
+                    f"{recommended_initializer('leaky_relu')} or a lower learning "
+                    "rate."
+                    + self._kernel_advice(
+                        unit, "relu", recommended_initializer("relu")
+                    ),
                 )
             for kind in ("sigmoid", "tanh"):
                 saturated = record.get(f"saturated_{kind}_fraction/{unit.name}")
@@ -319,9 +322,11 @@ class GradientHealth(keras.callbacks.Callback):
                         (unit.name, kind),
                         f"GradientHealth: {saturated:.0%} of the {kind} outputs of "
                         f"layer {unit.name!r} are saturated at step {step}, where "
-                        f"their gradient vanishes. Try {recommended_initializer(kind)} "
-                        "or a smaller gain, and normalised inputs."
-                        + self._kernel_advice(unit, kind),
+                        "their gradient vanishes. Normalise the inputs or lower the "
+                        "gain."
+                        + self._kernel_advice(
+                            unit, kind, recommended_initializer(kind)
+                        ),
                     )
         norms = [
             (u.name, record[f"grad_norm/{u.name}"])
