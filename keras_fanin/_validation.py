@@ -4,34 +4,28 @@ import math
 import numbers
 
 
-def check_positive_finite(name, value):
-    """Returns `value` as a float, or raises if it is not a positive finite number."""
+def _check_finite_real(name, value, what, ok):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
-            f"Argument `{name}` must be a positive finite number. "
+            f"Argument `{name}` must be a {what} finite number. "
             f"Received: {name}={value!r} of type {type(value).__name__}"
         )
-    if not math.isfinite(value) or value <= 0:
+    if not math.isfinite(value) or not ok(value):
         raise ValueError(
-            f"Argument `{name}` must be a positive finite number. "
+            f"Argument `{name}` must be a {what} finite number. "
             f"Received: {name}={value!r}"
         )
     return float(value)
+
+
+def check_positive_finite(name, value):
+    """Returns `value` as a float, or raises if it is not a positive finite number."""
+    return _check_finite_real(name, value, "positive", lambda v: v > 0)
 
 
 def check_non_negative_finite(name, value):
     """Returns `value` as a float, or raises if it is not a finite number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"Argument `{name}` must be a non-negative finite number. "
-            f"Received: {name}={value!r} of type {type(value).__name__}"
-        )
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(
-            f"Argument `{name}` must be a non-negative finite number. "
-            f"Received: {name}={value!r}"
-        )
-    return float(value)
+    return _check_finite_real(name, value, "non-negative", lambda v: v >= 0)
 
 
 def check_positive_int(name, value):
