@@ -28,20 +28,27 @@ def round_trip(obj):
     )
 
 
-def read_scalars(log_dir, run="gradient_health"):
-    """Reads every scalar of a run with TensorBoard's own event reader.
-
-    Returns `{tag: [(step, value), ...]}` (TF2 summaries are stored as tensors).
-    """
+def _accumulator(log_dir, run):
+    """A loaded TensorBoard EventAccumulator over one run, keeping every tensor."""
     import os
 
     from tensorboard.backend.event_processing import event_accumulator
-    from tensorboard.util import tensor_util
 
     acc = event_accumulator.EventAccumulator(
         os.path.join(str(log_dir), run), size_guidance={event_accumulator.TENSORS: 0}
     )
     acc.Reload()
+    return acc
+
+
+def read_scalars(log_dir, run="gradient_health"):
+    """Reads every scalar of a run with TensorBoard's own event reader.
+
+    Returns `{tag: [(step, value), ...]}` (TF2 summaries are stored as tensors).
+    """
+    from tensorboard.util import tensor_util
+
+    acc = _accumulator(log_dir, run)
     return {
         tag: [
             (e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
@@ -54,16 +61,10 @@ def read_scalars(log_dir, run="gradient_health"):
 
 def custom_scalars_layout(log_dir, run="gradient_health"):
     """The custom-scalars layout proto written into a run, or None."""
-    import os
-
-    from tensorboard.backend.event_processing import event_accumulator
     from tensorboard.plugins.custom_scalar import layout_pb2
     from tensorboard.util import tensor_util
 
-    acc = event_accumulator.EventAccumulator(
-        os.path.join(str(log_dir), run), size_guidance={event_accumulator.TENSORS: 0}
-    )
-    acc.Reload()
+    acc = _accumulator(log_dir, run)
     tag = "custom_scalars__config__"
     if tag not in acc.Tags()["tensors"]:
         return None
