@@ -9,9 +9,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_fanin._fans import compute_fans
+from keras_fanin._fans import compute_fans, fan_for_mode
 from keras_fanin._gains import calculate_gain, recommended_initializer
-from keras_fanin._health_stats import SIGNALS, build_stats_function, find_units
+from keras_fanin._health_stats import (
+    RELUS,
+    SIGNALS,
+    build_stats_function,
+    find_units,
+)
+from keras_fanin._initializers import FanScaling
 from keras_fanin._validation import check_positive_finite, check_positive_int
 
 # Documented warning thresholds (see the class docstring).
@@ -85,6 +91,21 @@ def _check_data(data):
     return x, y, sample_weight
 
 
+def _initial_std(initializer, shape):
+    """The std `initializer` draws for `shape`, or None when it does not say."""
+    if isinstance(initializer, FanScaling):
+        return initializer.stddev(shape)
+    if isinstance(initializer, keras.initializers.VarianceScaling):
+        fan_in, fan_out = compute_fans(shape)
+        fan = fan_for_mode(fan_in, fan_out, initializer.mode)
+        return math.sqrt(initializer.scale / fan)
+    if isinstance(initializer, keras.initializers.RandomNormal):
+        return float(initializer.stddev)
+    if isinstance(initializer, keras.initializers.RandomUniform):
+        return (initializer.maxval - initializer.minval) / math.sqrt(12)
+    return None
+
+
 class GradientHealth(keras.callbacks.Callback):
     """Logs per-layer gradient norms, dead ReLUs and saturated units to TensorBoard.
 
@@ -100,7 +121,12 @@ class GradientHealth(keras.callbacks.Callback):
     - `dead_relu_fraction/<layer>`: for a layer whose output goes through a ReLU
       (`activation="relu"`, `Activation("relu")`, `keras.layers.ReLU()`): the
       fraction of its units (features, or channels of a convolution) that
-      output zero for every example and position of the probe batch;
+      output zero for every example and position of the probe batch. For a
+      leaky ReLU (`activation="leaky_relu"`, `LeakyReLU()`, `ReLU` with a
+      `negative_slope`) the same count: the units whose input is negative for
+      every example. Those are not dead (they still pass `negative_slope`
+      times the gradient, and can come back), so they raise no warning; the
+      shared tag lets TensorBoard overlay a ReLU run and its leaky fix;
     - `saturated_sigmoid_fraction/<layer>`: for a sigmoid layer, the fraction of
       outputs within `saturation_eps` of 0 or 1, where the derivative
       `y (1 - y)` is below `saturation_eps` and the gradient has vanished;
@@ -265,21 +291,32 @@ class GradientHealth(keras.callbacks.Callback):
             warnings.warn(message, GradientHealthWarning, stacklevel=2)
 
     def _kernel_advice(self, unit, activation, initializer):
-        """Advice on the layer's kernel from the fan rule and the gain table."""
+        """Advice on the layer's kernel from the fan rule and the gain table.
+
+        Judges the std the layer's `kernel_initializer` drew, when it says so,
+        rather than the kernel now: by the time a unit dies, training has moved
+        the kernel away from its initial scale.
+        """
         kernel = getattr(unit.layer, "kernel", None)
         if kernel is None:
             return f" Try {initializer} for its kernel."
-        fan_in, _ = compute_fans(tuple(kernel.shape))
+        shape = tuple(kernel.shape)
+        fan_in, _ = compute_fans(shape)
         target = calculate_gain(activation) / math.sqrt(max(1, fan_in))
-        actual = float(np.std(keras.ops.convert_to_numpy(kernel)))
+        actual = _initial_std(getattr(unit.layer, "kernel_initializer", None), shape)
+        if actual is None:
+            actual = float(np.std(keras.ops.convert_to_numpy(kernel)))
+            what = "Its kernel std is"
+        else:
+            what = "Its kernel was initialised with std"
         if abs(actual / target - 1) < 0.15:
             return (
-                f" Its kernel std ({actual:.3g}) already follows the fan-in rule "
-                f"for {activation!r} (fan_in={fan_in})."
+                f" {what} {actual:.3g}, already the fan-in rule for {activation!r} "
+                f"(fan_in={fan_in})."
             )
         return (
-            f" Its kernel std is {actual:.3g}; for {activation!r} and "
-            f"fan_in={fan_in} the fan-in rule gives {target:.3g}: try {initializer}."
+            f" {what} {actual:.3g}; for {activation!r} and fan_in={fan_in} the "
+            f"fan-in rule gives {target:.3g}: try {initializer}."
         )
 
     def _check(self, step, values, record):
@@ -303,7 +340,11 @@ class GradientHealth(keras.callbacks.Callback):
                 self.model.stop_training = True
         for unit in self._units:
             dead = record.get(f"dead_relu_fraction/{unit.name}")
-            if dead is not None and dead > DEAD_WARN_FRACTION:
+            if (
+                unit.activation in RELUS
+                and dead is not None
+                and dead > DEAD_WARN_FRACTION
+            ):
                 self._warn(
                     (unit.name, "dead"),
                     f"GradientHealth: {dead:.0%} of the ReLU units of layer "

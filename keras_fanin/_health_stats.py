@@ -21,14 +21,20 @@ SIGNALS = (
     "saturated_sigmoid_fraction",
     "saturated_tanh_fraction",
 )
-_RELUS = {"relu", "relu6"}
+RELUS = frozenset({"relu", "relu6"})
+# A leaky unit whose input is negative for every example still passes
+# `negative_slope` times the gradient, so it can come back: it is counted with
+# the same rule as a dead ReLU, for comparison, but never called dead.
+LEAKY_RELUS = frozenset({"leaky_relu"})
 
 
 def activation_name(layer):
     """The name of the activation a layer's output goes through, or None."""
     if isinstance(layer, keras.layers.ReLU):
-        # A ReLU layer with a negative slope is leaky: its units cannot die.
+        # A ReLU layer with a negative slope is leaky.
         return "relu" if not layer.negative_slope else "leaky_relu"
+    if isinstance(layer, keras.layers.LeakyReLU):
+        return "leaky_relu"
     if isinstance(layer, keras.layers.RNN):
         return None  # an RNN's output is a gated mix, not its activation
     fn = getattr(layer, "activation", None)
@@ -183,7 +189,7 @@ def build_stats_function(model, units, saturation_eps):
                 ("activation_finite", unit.name), tf.reduce_all(tf.math.is_finite(out))
             )
             activation = unit.activation
-            if activation in _RELUS and out.shape.rank:
+            if activation in RELUS | LEAKY_RELUS and out.shape.rank:
                 axis = _unit_axis(unit.layer, out.shape.rank)
                 others = [a for a in range(out.shape.rank) if a != axis]
                 alive = tf.reduce_any(out > 0, axis=others) if others else out > 0

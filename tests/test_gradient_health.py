@@ -122,6 +122,47 @@ def test_signals_tags_values_and_warnings(tmp_path, data):
     assert not any("'healthy'" in m and "dead" in m for m in messages)
     assert any("keras_fanin.He()" in m for m in messages)
     assert any("keras_fanin.Xavier()" in m for m in messages)
+    # Advice judges the std the kernel was initialised with, not the trained one.
+    saturated_msg = next(m for m in messages if "'saturated'" in m)
+    assert "initialised with std 50;" in saturated_msg
+    dead_msg = next(m for m in messages if "'dead' are dead" in m)
+    glorot_std = math.sqrt(2 / (64 + 32))  # Keras's default kernel initializer
+    assert f"initialised with std {glorot_std:.3g};" in dead_msg
+
+
+def test_leaky_relus_use_the_dead_rule_but_are_never_called_dead(tmp_path, data):
+    """Leaky units pushed negative for every example count like dead ReLUs
+    (one chart for a ReLU run and its leaky fix), yet still get a gradient, so
+    no 'dead' warning; the ReLU twin of the same layer gets none."""
+    shift = keras.initializers.Constant(-100.0)
+    inputs = keras.Input((FEATURES,))
+    healthy = keras.layers.Dense(
+        64,
+        activation="leaky_relu",
+        kernel_initializer=keras_fanin.He(negative_slope=0.2, seed=1),
+        name="healthy_leaky",
+    )(inputs)
+    stuck = keras.layers.Dense(32, activation="leaky_relu", bias_initializer=shift,
+                               name="stuck_leaky")(healthy)  # fmt: skip
+    pre = keras.layers.Dense(16, bias_initializer=shift, name="pre")(healthy)
+    layer_form = keras.layers.LeakyReLU(0.1, name="leaky_layer")(pre)
+    relu_form = keras.layers.ReLU(negative_slope=0.1, name="relu_slope")(pre)
+    dead = keras.layers.Dense(16, activation="relu", bias_initializer=shift,
+                              name="dead_relu")(healthy)  # fmt: skip
+    merged = keras.layers.Concatenate()([stuck, layer_form, relu_form, dead])
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(merged))
+    health = GradientHealth(tmp_path, (data[0][:128], data[1][:128]))
+    caught = fit(model, data, health)
+    last = {tag: series[-1][1] for tag, series in read_scalars(tmp_path).items()}
+
+    for name in ["stuck_leaky", "leaky_layer", "relu_slope", "dead_relu"]:
+        assert last[f"dead_relu_fraction/{name}"] == 1.0, name
+    assert last["dead_relu_fraction/healthy_leaky"] < 0.1
+    # The difference that matters: the leaky layer still learns, the ReLU not.
+    assert last["grad_norm/stuck_leaky"] > 1e-4
+    assert last["grad_norm/dead_relu"] == 0.0
+    dead_warnings = [str(w.message) for w in caught if "are dead" in str(w.message)]
+    assert len(dead_warnings) == 1 and "'dead_relu'" in dead_warnings[0]
 
 
 def test_custom_scalars_layout_groups_each_signal(tmp_path, data):
