@@ -23,7 +23,6 @@ layer.
 
 import argparse
 import os
-import sys
 import warnings
 
 # TF 2.21 logs a harmless C++ "error" about a MapDataset attribute at every
@@ -32,8 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
+from digits import load_data  # noqa: E402
 
 import keras_fanin  # noqa: E402
 
@@ -48,15 +46,6 @@ RUNS = {
     ),
     "relu_lr0.001": ("relu", lambda: keras_fanin.He(), 0.001),
 }
-
-
-def load_data(seed=0):
-    digits = load_digits()
-    x = digits.data.astype("float32")
-    x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)
-    return train_test_split(
-        x, digits.target, test_size=0.25, random_state=seed, stratify=digits.target
-    )
 
 
 def build(activation, initializer, depth, width):
@@ -157,9 +146,10 @@ def main(argv=None):
         "Fraction of each hidden layer's units that output 0 for every probe "
         f"example, after {args.epochs} epochs (from GradientHealth):"
     )
-    run(epochs=args.epochs, seed=args.seed, log_root=args.log_dir)
+    results = run(epochs=args.epochs, seed=args.seed, log_root=args.log_dir)
     print(f"\nOpen the logs with: tensorboard --logdir {args.log_dir}")
+    return results
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

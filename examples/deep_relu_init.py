@@ -20,6 +20,7 @@ For the square 128x128 hidden layers Xavier's `2 / (n_in + n_out)` is LeCun's
 
     python examples/deep_relu_init.py               # about 2 minutes on 2 cores
     python examples/deep_relu_init.py --epochs 5    # quicker, same code path
+    python examples/deep_relu_init.py --schemes He LeCun
 
 The run is deterministic given `--seed` (TensorFlow's op determinism is on).
 """
@@ -27,7 +28,6 @@ The run is deterministic given `--seed` (TensorFlow's op determinism is on).
 import argparse
 import math
 import os
-import sys
 import time
 import warnings
 
@@ -38,8 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
+from digits import CHANCE, load_data  # noqa: E402
 
 import keras_fanin  # noqa: E402
 
@@ -54,17 +53,6 @@ SCHEMES = {
         stddev=1.0, seed=seed
     ),
 }
-CHANCE = 0.1
-
-
-def load_data(seed=0):
-    """The 1797 digits, standardised, split 75/25 with every class in both."""
-    digits = load_digits()
-    x = digits.data.astype("float32")
-    x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)
-    return train_test_split(
-        x, digits.target, test_size=0.25, random_state=seed, stratify=digits.target
-    )
 
 
 def build(scheme, depth, width, seed):
@@ -332,6 +320,9 @@ def main(argv=None):
     parser.add_argument("--depth", type=int, default=30)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--schemes", nargs="+", choices=list(SCHEMES), default=list(SCHEMES)
+    )
     parser.add_argument("--log-dir", default="logs/deep_relu_init")
     parser.add_argument("--plot", default="deep_relu_init.png")
     args = parser.parse_args(argv)
@@ -343,11 +334,13 @@ def main(argv=None):
         depth=args.depth,
         epochs=args.epochs,
         seed=args.seed,
+        schemes=tuple(args.schemes),
         log_root=args.log_dir,
         plot_path=args.plot,
     )
     report(results, args.log_dir, args.plot)
+    return results
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
