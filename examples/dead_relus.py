@@ -13,7 +13,7 @@ layer. Two fixes, trained from the same seed:
   TensorBoard chart, where both runs overlay) is comparable;
 - the cause's: the same ReLU network at a sane learning rate (0.001).
 
-    python examples/dead_relus.py               # about 30 seconds on 2 cores
+    python examples/dead_relus.py               # about 15 s on 2 cores
     python examples/dead_relus.py --epochs 3    # quicker
 
 Same-shape layers are named alike in every run, so `tensorboard --logdir

@@ -18,7 +18,7 @@ every run, and shows
 For the square 128x128 hidden layers Xavier's `2 / (n_in + n_out)` is LeCun's
 `1 / n`, so the two behave alike; only the first layer (64 -> 128) differs.
 
-    python examples/deep_relu_init.py               # about 2 minutes on 2 cores
+    python examples/deep_relu_init.py               # about 70 s on 2 cores
     python examples/deep_relu_init.py --epochs 5    # quicker, same code path
     python examples/deep_relu_init.py --schemes He LeCun
 

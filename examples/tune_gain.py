@@ -7,7 +7,7 @@ its best validation accuracy, and prints the score per gain and the best gain.
 The gain is an ordinary `hp.Choice`; every trial trains from the same seed, so
 the search is deterministic and only the gain differs between trials.
 
-    python examples/tune_gain.py               # about a minute on 2 cores
+    python examples/tune_gain.py               # about 20 s on 2 cores
     python examples/tune_gain.py --epochs 2 --gains 1 4 16    # quicker
 """
 
