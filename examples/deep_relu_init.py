@@ -309,7 +309,8 @@ def report(results, log_root, plot_path=None):
 
 
 def _warning_kind(message):
-    for kind in ("vanishing", "exploding", "dead", "saturated", "NaN"):
+    # "NaN" first: that message also names exploding activations as a cause.
+    for kind in ("NaN", "vanishing", "exploding", "dead", "saturated"):
         if kind in message:
             return kind
     return "other"
