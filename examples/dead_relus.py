@@ -23,7 +23,6 @@ layer.
 
 import argparse
 import os
-import warnings
 
 # TF 2.21 logs a harmless C++ "error" about a MapDataset attribute at every
 # fit(); level 3 keeps the example's output readable.
@@ -31,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from digits import load_data  # noqa: E402
+from common import fit_with_health, load_data, signal  # noqa: E402
 
 import keras_fanin  # noqa: E402
 
@@ -97,31 +96,19 @@ def run(
         health = keras_fanin.GradientHealth(
             log_dir, (x_train[:256], y_train[:256]), every_n_steps=10
         )
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", keras_fanin.GradientHealthWarning)
-            model.fit(
-                x_train,
-                y_train,
-                batch_size=32,
-                epochs=epochs,
-                verbose=0,
-                callbacks=[health],
-            )
+        _, messages = fit_with_health(
+            model, health, x_train, y_train, batch_size=32, epochs=epochs
+        )
         _, val_accuracy = model.evaluate(x_val, y_val, verbose=0)
         dead = {
-            tag.split("/", 1)[1]: series[-1][1]
-            for tag, series in health.history.items()
-            if tag.startswith("dead_relu_fraction/")
+            layer: series[-1][1]
+            for layer, series in signal(health, "dead_relu_fraction").items()
         }
         results[name] = {
             "dead_fraction": dead,
             "max_dead_fraction": max(dead.values()),
             "val_accuracy": float(val_accuracy),
-            "warnings": [
-                str(w.message)
-                for w in caught
-                if issubclass(w.category, keras_fanin.GradientHealthWarning)
-            ],
+            "warnings": messages,
             "log_dir": log_dir,
         }
         if verbose:

@@ -29,7 +29,6 @@ import argparse
 import math
 import os
 import time
-import warnings
 
 # TF 2.21 logs a harmless C++ "error" about a MapDataset attribute at every
 # fit(); level 3 keeps the demo's output readable.
@@ -38,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from digits import CHANCE, load_data  # noqa: E402
+from common import CHANCE, fit_with_health, load_data  # noqa: E402
 
 import keras_fanin  # noqa: E402
 
@@ -153,19 +152,17 @@ def train(
         every_n_steps=50,
         stop_on_nonfinite=True,
     )
-    callbacks = [health, *([Progress(scheme)] if verbose else [])]
     start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", keras_fanin.GradientHealthWarning)
-        history = model.fit(
-            x_train,
-            y_train,
-            validation_data=(x_val, y_val),
-            batch_size=batch_size,
-            epochs=epochs,
-            verbose=0,
-            callbacks=callbacks,
-        )
+    history, messages = fit_with_health(
+        model,
+        health,
+        x_train,
+        y_train,
+        callbacks=[Progress(scheme)] if verbose else [],
+        validation_data=(x_val, y_val),
+        batch_size=batch_size,
+        epochs=epochs,
+    )
     seconds = time.perf_counter() - start
     if verbose:
         print(f"  ({seconds:.0f} s)")
@@ -180,11 +177,7 @@ def train(
         "diverged_at_step": nonfinite[0] if nonfinite else None,
         "grad_norm_first": norms["relu_1"][0][1],
         "grad_norm_last": norms[f"relu_{depth}"][0][1],
-        "warnings": [
-            str(w.message)
-            for w in caught
-            if issubclass(w.category, keras_fanin.GradientHealthWarning)
-        ],
+        "warnings": messages,
         "log_dir": log_dir,
         "seconds": seconds,
     }

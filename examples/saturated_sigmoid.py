@@ -26,7 +26,6 @@ The gain is a hyperparameter: `examples/tune_gain.py` searches it.
 
 import argparse
 import os
-import warnings
 
 # TF 2.21 logs a harmless C++ "error" about a MapDataset attribute at every
 # fit(); level 3 keeps the example's output readable.
@@ -34,7 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from digits import load_data  # noqa: E402
+from common import fit_with_health, load_data, signal  # noqa: E402
 
 import keras_fanin  # noqa: E402
 
@@ -42,7 +41,8 @@ GAINS = (16.0, 4.0, keras_fanin.calculate_gain("sigmoid"))
 
 
 def build(gain, depth=4, width=64):
-    """`depth` sigmoid layers initialised with `Xavier(gain=gain)`, then softmax."""
+    """`depth` sigmoid layers initialised with `Xavier(gain=gain)`, then softmax,
+    compiled for training (SGD with momentum, the same for every gain)."""
     layers = [keras.Input((64,))]
     layers += [
         keras.layers.Dense(
@@ -54,7 +54,13 @@ def build(gain, depth=4, width=64):
         for i in range(1, depth + 1)
     ]
     layers.append(keras.layers.Dense(10, activation="softmax", name="softmax"))
-    return keras.Sequential(layers)
+    model = keras.Sequential(layers)
+    model.compile(
+        keras.optimizers.SGD(0.05, momentum=0.9),
+        "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
 
 
 def run(
@@ -78,42 +84,28 @@ def run(
     for gain in gains:
         keras.utils.set_random_seed(seed)
         model = build(gain, depth, width)
-        model.compile(
-            keras.optimizers.SGD(0.05, momentum=0.9),
-            "sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
         log_dir = os.path.join(log_root, f"gain_{gain:g}")
         health = keras_fanin.GradientHealth(
             log_dir, (x_train[:256], y_train[:256]), every_n_steps=20
         )
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", keras_fanin.GradientHealthWarning)
-            history = model.fit(
-                x_train,
-                y_train,
-                validation_data=(x_val, y_val),
-                batch_size=32,
-                epochs=epochs,
-                verbose=0,
-                callbacks=[health],
-            )
-        saturated = {
-            tag.split("/", 1)[1]: series
-            for tag, series in health.history.items()
-            if tag.startswith("saturated_sigmoid_fraction/sigmoid_")
-        }
+        history, messages = fit_with_health(
+            model,
+            health,
+            x_train,
+            y_train,
+            validation_data=(x_val, y_val),
+            batch_size=32,
+            epochs=epochs,
+        )
+        # Only the hidden layers have this signal: the head is a softmax.
+        saturated = signal(health, "saturated_sigmoid_fraction")
         accuracy = [float(v) for v in history.history["val_accuracy"]]
         results[gain] = {
             "saturated_at_start": {k: s[0][1] for k, s in saturated.items()},
             "saturated_at_end": {k: s[-1][1] for k, s in saturated.items()},
             "val_accuracy": accuracy[-1],
             "val_accuracy_per_epoch": accuracy,
-            "warnings": [
-                str(w.message)
-                for w in caught
-                if issubclass(w.category, keras_fanin.GradientHealthWarning)
-            ],
+            "warnings": messages,
             "log_dir": log_dir,
         }
         if verbose:

@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import keras_tuner  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from digits import load_data  # noqa: E402
+from common import load_data  # noqa: E402
 from saturated_sigmoid import build  # noqa: E402
 
 GAINS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -40,13 +40,7 @@ def search(
 
     def build_model(hp):
         keras.utils.set_random_seed(seed)  # same draws for every trial
-        model = build(hp.Choice("gain", list(gains)))
-        model.compile(
-            keras.optimizers.SGD(0.05, momentum=0.9),
-            "sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-        return model
+        return build(hp.Choice("gain", list(gains)))
 
     tuner = keras_tuner.GridSearch(
         build_model,
