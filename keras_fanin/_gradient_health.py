@@ -2,7 +2,6 @@
 
 import math
 import os
-import tempfile
 import warnings
 
 import keras
@@ -15,6 +14,7 @@ from keras_fanin._health_stats import (
     RELUS,
     SIGNALS,
     build_stats_function,
+    describe_nonfinite,
     find_units,
 )
 from keras_fanin._initializers import FanScaling
@@ -25,6 +25,12 @@ DEAD_WARN_FRACTION = 0.5
 SATURATED_WARN_FRACTION = 0.5
 DEPTH_RATIO_WARN = 1e3
 RUN_NAME = "gradient_health"
+# `history` keeps the newest points of each tag; the event files keep them all.
+HISTORY_LIMIT = 1000
+# One custom-scalars chart per signal: title -> the regex of its tags.
+CHART_PATTERNS = {signal: rf"^{signal}/" for signal in SIGNALS} | {
+    "probe_loss": r"^probe_loss$"
+}
 
 
 class GradientHealthWarning(UserWarning):
@@ -32,33 +38,67 @@ class GradientHealthWarning(UserWarning):
 
 
 def _check_log_dir(log_dir):
+    """Checks that `log_dir` can be written, creating nothing.
+
+    A remote path (`gs://`, `s3://`, `hdfs://`, `ram://`, ...) is left to
+    `tf.io.gfile` and the summary writer, which open it at `on_train_begin`.
+    A local path must be a directory, or not exist yet below a writable one.
+    """
     if not isinstance(log_dir, str | os.PathLike):
         raise TypeError(
             f"Argument `log_dir` must be a path (str or os.PathLike). "
             f"Received: log_dir={log_dir!r}"
         )
-    path = os.path.join(os.fspath(log_dir), RUN_NAME)
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as error:
+    path = os.fspath(log_dir)
+    if "://" in path:
+        return path
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    problem = None
+    if not os.path.isdir(existing):
+        problem = f"{existing!r} is not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing!r} is not writable"
+    if problem:
         raise ValueError(
             f"Argument `log_dir` must be a writable directory. Received: "
-            f"log_dir={os.fspath(log_dir)!r}, which cannot be written ({error})"
-        ) from None
-    return os.fspath(log_dir)
+            f"log_dir={path!r}, which cannot be written ({problem})"
+        )
+    return path
 
 
 def _to_tensor(value):
+    if value is None:
+        return None
     if isinstance(value, np.ndarray) and value.dtype.kind == "f":
         value = value.astype(keras.config.floatx())  # as Keras's data adapters do
     return tf.convert_to_tensor(value)
 
 
+def _shapes(structure):
+    """Shapes (never values) of every leaf, for error messages."""
+    return tf.nest.map_structure(
+        lambda t: tuple(t.shape) if hasattr(t, "shape") else type(t).__name__,
+        structure,
+    )
+
+
+def _first_batch(dataset):
+    try:
+        return next(iter(dataset))
+    except StopIteration:
+        raise ValueError(
+            "Argument `data` is an empty tf.data.Dataset: it yields no batch. "
+            "Pass a dataset that yields at least one `(x, y)` batch, e.g. "
+            "`val_ds.take(1)`."
+        ) from None
+
+
 def _check_data(data):
-    if isinstance(data, tf.data.Dataset):
-        data = next(iter(data))
+    from_dataset = isinstance(data, tf.data.Dataset)
+    if from_dataset:
+        data = _first_batch(data)
     if not isinstance(data, tuple | list) or len(data) not in (2, 3):
         raise TypeError(
             "Argument `data` must be a probe batch `(x, y)` or `(x, y, sample_weight)` "
@@ -73,15 +113,22 @@ def _check_data(data):
             f"targets. Received: x={type(x).__name__}, y={type(y).__name__}"
         )
     try:
-        x, y = tf.nest.map_structure(_to_tensor, (x, y))
-        if sample_weight is not None:
-            sample_weight = _to_tensor(sample_weight)
+        x, y, sample_weight = tf.nest.map_structure(_to_tensor, (x, y, sample_weight))
     except (TypeError, ValueError) as error:
+        leaves = sorted({type(v).__name__ for v in tf.nest.flatten((x, y))})
         raise TypeError(
-            f"Argument `data` must hold arrays or tensors. Could not convert: {error}"
+            "Argument `data` must hold arrays or tensors (nested in lists, tuples "
+            f"or dicts). Received leaves of types {leaves}, which could not be "
+            f"converted ({type(error).__name__})."
         ) from None
     leaves = [t for t in tf.nest.flatten((x, y, sample_weight)) if t is not None]
     sizes = sorted({int(t.shape[0]) if t.shape.rank else -1 for t in leaves})
+    if from_dataset and (len(sizes) != 1 or sizes[0] < 1):
+        raise ValueError(
+            "Argument `data` must be a tf.data.Dataset of batches, but its first "
+            f"element looks unbatched: shapes (x, y) = {_shapes((x, y))}. Call "
+            "`.batch(batch_size)` on the dataset."
+        )
     if len(sizes) != 1 or sizes[0] < 1:
         raise ValueError(
             "Argument `data` must hold a non-empty batch with the same number of "
@@ -110,9 +157,9 @@ class GradientHealth(keras.callbacks.Callback):
     """Logs per-layer gradient norms, dead ReLUs and saturated units to TensorBoard.
 
     Every `every_n_steps` training steps (and at the start and end of training)
-    it runs the probe batch `data` through the model in inference mode and
-    writes, for each layer, TensorBoard scalars `<signal>/<layer name>` at step
-    = the optimizer's iteration count, into the run `<log_dir>/gradient_health`:
+    it runs the probe batch `data` through the model and writes, for each
+    layer, TensorBoard scalars `<signal>/<layer name>` at step = the
+    optimizer's iteration count, into the run `<log_dir>/gradient_health`:
 
     - `grad_norm/<layer>`: the L2 norm of the loss gradient over all of the
       layer's trainable weights (every layer with trainable weights);
@@ -133,21 +180,34 @@ class GradientHealth(keras.callbacks.Callback):
     - `saturated_tanh_fraction/<layer>`: for a tanh layer, the fraction of
       outputs with `|y| > 1 - saturation_eps`.
 
+    The probe runs in training mode by default (`probe_training=True`), as the
+    training step does, so BatchNorm normalises with the probe's batch
+    statistics; it runs inside a `keras.StatelessScope`, so it changes no
+    state (moving statistics, seed generators). Dropout is active in that mode.
+
     A custom-scalars layout groups each signal into one multi-line chart. The
-    same numbers are kept in Python in `history` (`{tag: [(step, value), ...]}`).
+    newest 1000 points of each tag are kept in Python in `history`
+    (`{tag: [(step, value), ...]}`); the event files keep every point.
 
     Everything is computed in one compiled TensorFlow function that returns one
     vector: one device-to-host transfer per logging event, whatever the number
-    of layers, traced once. Layers are found in Sequential, Functional (nested
-    too) and subclassed models; activations that a subclassed model applies as
-    plain functions, not layers, are not seen.
+    of layers, traced once per model. Layers are found in Sequential,
+    Functional (nested too) and subclassed models, built or not (an unbuilt
+    model is built on the probe batch at the start of training); activations
+    that a subclassed model applies as plain functions, not layers, are not
+    seen. One instance can serve several `fit()` calls, on the same model
+    (recompiled, partly frozen) or on another one. It acts in `fit()` only:
+    `evaluate()` and `predict()` ignore it.
 
     It warns (`GradientHealthWarning`, once per layer and condition) when more
     than half of a layer's ReLU units are dead, when more than half of a sigmoid
     or tanh layer's outputs are saturated, when the first layer's gradient norm
     is over 1000 times smaller (vanishing) or larger (exploding) than the last
-    layer's, and when NaN or inf appear (naming the layer where they appear
-    first). Non-finite values never stop training unless `stop_on_nonfinite`.
+    layer's (among layers with a kernel), and when NaN or inf appear in weights,
+    activations or gradients (naming the layer where they appear first, and
+    which of the two). While values are non-finite, the dead, saturated and
+    depth checks are skipped: they would only restate the NaN. Non-finite
+    values never stop training unless `stop_on_nonfinite`.
 
     Examples:
 
@@ -160,18 +220,25 @@ class GradientHealth(keras.callbacks.Callback):
 
     Args:
         log_dir: Directory for the event files (written under
-            `<log_dir>/gradient_health`). Must be writable: checked at
-            construction.
+            `<log_dir>/gradient_health`). A local path must be writable
+            (checked at construction, creating nothing); a remote one
+            (`gs://...`) is opened through `tf.io.gfile` when training starts.
         data: The probe batch `(x, y)` or `(x, y, sample_weight)`, fixed so that
             the curves are comparable over time (a `tf.data.Dataset` gives its
-            first batch). Checked against the model before the first step.
+            first batch). `x`, `y` and `sample_weight` may be nested as the
+            model's inputs and outputs are (e.g. dicts per output). Checked
+            against the model before the first step.
         every_n_steps: Positive int, how often to measure. Each measurement costs
             about one training step on the probe batch.
         saturation_eps: Positive float below 0.5, the distance from a sigmoid's
             (or tanh's) bounds that counts as saturated. Default `1e-3`.
         stop_on_nonfinite: If True, stop training (`model.stop_training`) when a
-            gradient or activation is NaN or inf. Default False: warn and go on.
+            weight, gradient or activation is NaN or inf. Default False: warn
+            and go on.
         warn: If False, emit no `GradientHealthWarning`.
+        probe_training: If True (default), run the probe in training mode
+            without changing any state; if False, in inference mode
+            (BatchNorm uses its moving statistics, no dropout).
     """
 
     def __init__(
@@ -182,8 +249,16 @@ class GradientHealth(keras.callbacks.Callback):
         saturation_eps: float = 1e-3,
         stop_on_nonfinite: bool = False,
         warn: bool = True,
+        probe_training: bool = True,
     ):
         super().__init__()
+        if keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                "GradientHealth needs the TensorFlow backend for now; Keras is "
+                f"running on {keras.backend.backend()!r}. Set "
+                "KERAS_BACKEND=tensorflow (the initializers work on every "
+                "backend)."
+            )
         self.every_n_steps = check_positive_int("every_n_steps", every_n_steps)
         self.saturation_eps = check_positive_finite("saturation_eps", saturation_eps)
         if self.saturation_eps >= 0.5:
@@ -191,26 +266,33 @@ class GradientHealth(keras.callbacks.Callback):
                 "Argument `saturation_eps` must be below 0.5. "
                 f"Received: saturation_eps={saturation_eps!r}"
             )
-        for name, flag in (("stop_on_nonfinite", stop_on_nonfinite), ("warn", warn)):
+        flags = {
+            "stop_on_nonfinite": stop_on_nonfinite,
+            "warn": warn,
+            "probe_training": probe_training,
+        }
+        for name, flag in flags.items():
             if not isinstance(flag, bool):
                 raise TypeError(
                     f"Argument `{name}` must be a bool. Received: {name}={flag!r}"
                 )
         self.stop_on_nonfinite, self.warn = stop_on_nonfinite, warn
+        self.probe_training = probe_training
         self.log_dir = _check_log_dir(log_dir)
         self._probe = _check_data(data)
         self.history = {}
         self._writer = None
-        self._fn = self._layout = self._units = None
+        self._fn = self._layout = self._units = self._prepared_for = None
         self._warned = set()
         self._last_step = None
 
     # -- Keras hooks ---------------------------------------------------------
 
     def on_train_begin(self, logs=None):
-        self._prepare()
+        rebuilt = self._prepare()
         self._step0 = int(self.model.optimizer.iterations.numpy())
-        self._measure(self._step0)
+        if rebuilt or self._step0 != self._last_step:
+            self._measure(self._step0)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._step0 = int(self.model.optimizer.iterations.numpy())
@@ -224,39 +306,90 @@ class GradientHealth(keras.callbacks.Callback):
             self._measure(step)
 
     def on_train_end(self, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        if step != self._last_step:
-            self._measure(step)
-        self.close()
+        try:
+            step = int(self.model.optimizer.iterations.numpy())
+            if step != self._last_step:
+                self._measure(step)
+        finally:
+            self.close()
 
     def close(self):
-        """Flushes and closes the event file (also done at the end of training)."""
+        """Flushes and closes the event file (also done at the end of training).
+
+        A later `fit()` opens a new event file in the same run directory.
+        """
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            self._write_fn = None
 
     # -- measurement ---------------------------------------------------------
 
-    def _prepare(self):
-        if self._writer is None:
+    def _open_writer(self):
+        try:
             self._writer = tf.summary.create_file_writer(
                 os.path.join(self.log_dir, RUN_NAME)
             )
-            self._write_layout()
-        if self._fn is not None:
-            return
-        self._units = find_units(self.model)
-        fn, layout = build_stats_function(self.model, self._units, self.saturation_eps)
-        try:
-            fn(*self._probe)  # traces now: a probe that does not fit fails here
-        except Exception as error:  # noqa: BLE001 - re-raised with context
-            shapes = tf.nest.map_structure(lambda t: tuple(t.shape), self._probe[:2])
+        except (tf.errors.OpError, OSError) as error:
             raise ValueError(
-                f"Argument `data` does not fit the model {self.model.name!r}: "
-                f"(x, y) shapes {shapes}. {type(error).__name__}: {error}"
-            ) from error
-        self._fn, self._layout = fn, layout
+                f"Argument `log_dir` could not be opened for writing: "
+                f"log_dir={self.log_dir!r} ({type(error).__name__}: "
+                f"{str(error)[:200]})"
+            ) from None
+        self._write_layout()
+        # The compiled writer captures the writer resource when traced, so each
+        # writer gets its own (a closed writer's resource no longer exists).
         self._write_fn = tf.function(self._write_all, autograph=False)
+
+    def _model_key(self):
+        """What the compiled stats depend on: retraced when any of it changes."""
+        model = self.model
+        return (
+            id(model),
+            tuple(id(v) for v in model.trainable_weights),
+            id(getattr(model, "loss", None)),
+        )
+
+    def _prepare(self):
+        """Opens the writer and (re)builds the stats for this model if needed.
+
+        Returns True when the stats function was (re)built.
+        """
+        model = self.model
+        if not model.built:
+            # TensorFlow's fit() builds a model while tracing its train
+            # function, after `on_train_begin`; the probe needs the weights
+            # now. One eager forward pass on the probe builds it as fit would.
+            try:
+                model(self._probe[0], training=False)
+            except Exception as error:  # noqa: BLE001 - re-raised with context
+                raise self._misfit(error) from error
+        key = self._model_key()
+        rebuild = self._fn is None or key != self._prepared_for
+        if rebuild:
+            units = find_units(model)
+            fn, layout = build_stats_function(
+                model, units, self.saturation_eps, self.probe_training
+            )
+            try:
+                fn(*self._probe)  # traces now: a probe that does not fit fails here
+            except Exception as error:  # noqa: BLE001 - re-raised with context
+                raise self._misfit(error) from error
+            self._units, self._fn, self._layout = units, fn, layout
+            self._prepared_for = key
+        if self._writer is None:
+            self._open_writer()
+        return rebuild
+
+    def _misfit(self, error):
+        shapes = _shapes(self._probe[:2])
+        # The original message names the mismatch; it is cut short because some
+        # errors print whole tensors.
+        detail = str(error).strip().splitlines()[0][:300] if str(error) else ""
+        return ValueError(
+            f"Argument `data` does not fit the model {self.model.name!r}: "
+            f"(x, y) shapes {shapes}. {type(error).__name__}: {detail}"
+        )
 
     def _write_all(self, vector, step):
         with self._writer.as_default(step=step):
@@ -265,6 +398,12 @@ class GradientHealth(keras.callbacks.Callback):
                     tf.summary.scalar(f"{signal}/{name}", vector[i])
                 elif signal == "loss":
                     tf.summary.scalar("probe_loss", vector[i])
+
+    def _record(self, tag, step, value):
+        series = self.history.setdefault(tag, [])
+        series.append((step, value))
+        if len(series) > HISTORY_LIMIT:
+            del series[0]
 
     def _measure(self, step):
         vector = self._fn(*self._probe)
@@ -277,10 +416,8 @@ class GradientHealth(keras.callbacks.Callback):
             if signal in SIGNALS:
                 tag = f"{signal}/{name}"
                 record[tag] = float(value)
-                self.history.setdefault(tag, []).append((step, float(value)))
-        self.history.setdefault("probe_loss", []).append(
-            (step, float(values[self._layout.loss_slot]))
-        )
+                self._record(tag, step, float(value))
+        self._record("probe_loss", step, float(values[self._layout.loss_slot]))
         self._check(step, values, record)
 
     # -- advice --------------------------------------------------------------
@@ -295,11 +432,13 @@ class GradientHealth(keras.callbacks.Callback):
 
         Judges the std the layer's `kernel_initializer` drew, when it says so,
         rather than the kernel now: by the time a unit dies, training has moved
-        the kernel away from its initial scale.
+        the kernel away from its initial scale. A layer without a kernel (an
+        `Activation`, `ReLU`, or a normalization layer) gets no kernel advice:
+        what feeds it may be normalised, so no initializer can be blamed.
         """
         kernel = getattr(unit.layer, "kernel", None)
         if kernel is None:
-            return f" Try {initializer} for its kernel."
+            return ""
         shape = tuple(kernel.shape)
         fan_in, _ = compute_fans(shape)
         target = calculate_gain(activation) / math.sqrt(max(1, fan_in))
@@ -319,25 +458,51 @@ class GradientHealth(keras.callbacks.Callback):
             f"fan-in rule gives {target:.3g}: try {initializer}."
         )
 
-    def _check(self, step, values, record):
+    def _nonfinite(self, step, values):
+        """Warns about NaN/inf; returns True when any value is non-finite."""
         layout = self._layout
-        bad_acts = [n for n, i in layout.act_finite.items() if values[i] < 1]
-        bad_grads = [n for n, i in layout.grad_finite.items() if values[i] < 1]
-        if bad_acts or bad_grads or not math.isfinite(values[layout.loss_slot]):
+        kinds = {"weights": layout.weight_bad, "activations": layout.act_bad}
+        first = None
+        for unit in self._units:  # forward order: the first layer where it appears
+            for what, slots in kinds.items():
+                code = values[slots[unit.name]] if unit.name in slots else 0
+                if code and first is None:
+                    first = (unit.name, what, describe_nonfinite(code))
+        bad_grads = [
+            (name, describe_nonfinite(values[i]))
+            for name, i in layout.grad_bad.items()
+            if values[i]
+        ]
+        loss = float(values[layout.loss_slot])
+        if first is None and not bad_grads and math.isfinite(loss):
+            return False
+        if first is not None:
+            name, what, kind = first
+            where = f"{kind} in the {what} of layer {name!r} (the first layer)"
+        elif bad_grads:
+            kind = " and ".join(sorted({k for _, k in bad_grads}))
             where = (
-                f"activations first at layer {bad_acts[0]!r}"
-                if bad_acts
-                else f"gradients at layers {bad_grads}"
+                f"{kind} in the gradients of layers {[n for n, _ in bad_grads]}, "
+                "with finite weights and activations"
             )
-            self._warn(
-                ("nonfinite",),
-                f"GradientHealth: NaN or inf at step {step}: {where}. A sigmoid "
-                "that rounds to exactly 1.0, exploding activations or a too-high "
-                "learning rate are the usual causes. Logs written so far are kept"
-                + ("; stopping training." if self.stop_on_nonfinite else "."),
-            )
-            if self.stop_on_nonfinite:
-                self.model.stop_training = True
+        else:
+            where = f"the probe loss is {loss}"
+        self._warn(
+            ("nonfinite",),
+            f"GradientHealth: non-finite values at step {step}: {where}. A "
+            "sigmoid that rounds to exactly 1.0, exploding activations or a "
+            "too-high learning rate are the usual causes. Logs written so far "
+            "are kept" + ("; stopping training." if self.stop_on_nonfinite else "."),
+        )
+        if self.stop_on_nonfinite:
+            self.model.stop_training = True
+        return True
+
+    def _check(self, step, values, record):
+        if self._nonfinite(step, values):
+            # NaN weights read as dead ReLUs (ReLU maps NaN to 0) and vanishing
+            # gradients; the NaN is the news, the rest would mislead.
+            return
         for unit in self._units:
             dead = record.get(f"dead_relu_fraction/{unit.name}")
             if (
@@ -369,14 +534,23 @@ class GradientHealth(keras.callbacks.Callback):
                             unit, kind, recommended_initializer(kind)
                         ),
                     )
+        # Depth is judged on layers with a kernel, which the advice is about
+        # (a BatchNorm's scale and offset have no fan-in rule).
         norms = [
             (u.name, record[f"grad_norm/{u.name}"])
             for u in self._units
             if f"grad_norm/{u.name}" in record
+            and getattr(u.layer, "kernel", None) is not None
         ]
-        if len(norms) >= 2 and all(math.isfinite(v) for _, v in norms):
+        # A last layer with no gradient at all (an output weighted 0, a dead
+        # head) says nothing about depth: no ratio is taken.
+        if (
+            len(norms) >= 2
+            and all(math.isfinite(v) for _, v in norms)
+            and norms[-1][1] > 0
+        ):
             (first, g_first), (last, g_last) = norms[0], norms[-1]
-            ratio = g_first / g_last if g_last > 0 else math.inf
+            ratio = g_first / g_last
             if ratio < 1 / DEPTH_RATIO_WARN or ratio > DEPTH_RATIO_WARN:
                 kind = "vanishing" if ratio < 1 else "exploding"
                 self._warn(
@@ -396,9 +570,9 @@ class GradientHealth(keras.callbacks.Callback):
         charts = [
             layout_pb2.Chart(
                 title=signal,
-                multiline=layout_pb2.MultilineChartContent(tag=[rf"^{signal}/.*"]),
+                multiline=layout_pb2.MultilineChartContent(tag=[pattern]),
             )
-            for signal in (*SIGNALS, "probe_loss")
+            for signal, pattern in CHART_PATTERNS.items()
         ]
         layout = layout_pb2.Layout(
             category=[layout_pb2.Category(title="gradient health", chart=charts)]

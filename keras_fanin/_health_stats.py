@@ -1,12 +1,13 @@
 """Which layers GradientHealth measures, and the one compiled function that does it.
 
-Data flow: the probe batch goes through `model(x, training=False)` inside a
-`tf.function`; while it traces, each measured layer's `call` is wrapped so that
-its output tensor is captured in the same graph. The loss gradient and every
-per-layer reduction are computed there too, and the function returns ONE
-float32 vector (a few scalars per layer), so that a logging event costs one
-device -> host transfer whatever the number of layers. `StatsLayout` says which
-slot of that vector is which TensorBoard tag.
+Data flow: the probe batch goes through `model(x, training=...)` inside a
+`tf.function` and a `keras.StatelessScope` (so a training-mode probe updates no
+BatchNorm statistics, seed or other state); while it traces, each measured
+layer's `call` is wrapped so that its output tensor is captured in the same
+graph. The loss gradient and every per-layer reduction are computed there too,
+and the function returns ONE float32 vector (a few scalars per layer), so that
+a logging event costs one device -> host transfer whatever the number of
+layers. `StatsLayout` says which slot of that vector is which TensorBoard tag.
 """
 
 import dataclasses
@@ -88,8 +89,10 @@ class StatsLayout:
     """Maps the compiled function's output vector to tags, filled while tracing."""
 
     tags: list = dataclasses.field(default_factory=list)  # (signal, unit) per slot
-    grad_finite: dict = dataclasses.field(default_factory=dict)  # unit name -> slot
-    act_finite: dict = dataclasses.field(default_factory=dict)  # unit name -> slot
+    # unit name -> slot of a non-finite code (see `nonfinite_code`), per kind.
+    weight_bad: dict = dataclasses.field(default_factory=dict)
+    grad_bad: dict = dataclasses.field(default_factory=dict)
+    act_bad: dict = dataclasses.field(default_factory=dict)
     loss_slot: int = 0
 
 
@@ -97,6 +100,37 @@ def _unit_axis(layer, rank):
     if rank > 2 and getattr(layer, "data_format", None) == "channels_first":
         return 1
     return rank - 1
+
+
+def nonfinite_code(tensors):
+    """0 if every value is finite; + 1 if any is inf; + 2 if any is NaN.
+
+    NaN and inf are told apart because they mean different things to the user
+    (inf: overflow, e.g. exploding activations; NaN: inf - inf, 0 * inf, or a
+    NaN weight), and because ReLU maps NaN to 0 on some builds, so a NaN is
+    only seen where it is, not downstream.
+    """
+    tensors = [tf.convert_to_tensor(t) for t in tensors if t is not None]
+    codes = [
+        2.0 * tf.cast(tf.reduce_any(tf.math.is_nan(t)), tf.float32)
+        + tf.cast(tf.reduce_any(tf.math.is_inf(t)), tf.float32)
+        for t in tensors
+        if t.dtype.is_floating
+    ]
+    if not codes:
+        return tf.constant(0.0)
+    # max over tensors of (2 nan + inf) loses "inf in one, NaN in another";
+    # combine the two bits separately.
+    stacked = tf.stack(codes)
+    has_nan = tf.reduce_any(stacked >= 2.0)
+    has_inf = tf.reduce_any(tf.math.floormod(stacked, 2.0) > 0.5)
+    return 2.0 * tf.cast(has_nan, tf.float32) + tf.cast(has_inf, tf.float32)
+
+
+def describe_nonfinite(code):
+    """'NaN', 'inf' or 'NaN and inf' for a code of `nonfinite_code`."""
+    code = int(code)
+    return {1: "inf", 2: "NaN", 3: "NaN and inf"}.get(code, "")
 
 
 def _first_float(output):
@@ -136,8 +170,15 @@ class _Capture:
                 object.__setattr__(unit.layer, "call", saved)
 
 
-def build_stats_function(model, units, saturation_eps):
-    """Returns `(fn, layout)`: `fn(x, y, sample_weight)` -> one float32 vector."""
+def build_stats_function(model, units, saturation_eps, training):
+    """Returns `(fn, layout)`: `fn(x, y, sample_weight)` -> one float32 vector.
+
+    With `training=True` the forward pass runs in training mode (BatchNorm
+    normalises with the probe's own batch statistics, as in the training step)
+    inside a `keras.StatelessScope`, so that no state changes: the moving
+    statistics, seed generators and any other variable assigned during the
+    call are left as they were.
+    """
     layout = StatsLayout()
     eps = float(saturation_eps)
 
@@ -150,10 +191,14 @@ def build_stats_function(model, units, saturation_eps):
             values.append(tf.reshape(tf.cast(value, tf.float32), []))
             return len(values) - 1
 
-        with _Capture(units) as capture, tf.GradientTape() as tape:
-            y_pred = model(x, training=False)
+        with (
+            _Capture(units) as capture,
+            tf.GradientTape() as tape,
+            keras.StatelessScope(),
+        ):
+            y_pred = model(x, training=training)
             loss = model.compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
             )
             # Keras divides each loss by the replica count under a
             # tf.distribute strategy; undo it, as Keras does for its logs, so
@@ -173,20 +218,19 @@ def build_stats_function(model, units, saturation_eps):
                     ("grad_norm", unit.name),
                     tf.sqrt(tf.add_n(squares)) if squares else 0.0,
                 )
-                finite = (
-                    tf.reduce_all(
-                        [tf.reduce_all(tf.math.is_finite(g)) for g in unit_grads]
-                    )
-                    if unit_grads
-                    else True
+                layout.grad_bad[unit.name] = put(
+                    ("grad_bad", unit.name), nonfinite_code(unit_grads)
                 )
-                layout.grad_finite[unit.name] = put(("grad_finite", unit.name), finite)
+                layout.weight_bad[unit.name] = put(
+                    ("weight_bad", unit.name),
+                    nonfinite_code([weights[i] for i in unit.weight_slots]),
+                )
             out = _first_float(capture.outputs.get(unit.name))
             if out is None:
                 continue
             put(("activation_std", unit.name), tf.math.reduce_std(out))
-            layout.act_finite[unit.name] = put(
-                ("activation_finite", unit.name), tf.reduce_all(tf.math.is_finite(out))
+            layout.act_bad[unit.name] = put(
+                ("activation_bad", unit.name), nonfinite_code([out])
             )
             activation = unit.activation
             if activation in RELUS | LEAKY_RELUS and out.shape.rank:

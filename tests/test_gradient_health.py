@@ -169,7 +169,7 @@ def test_custom_scalars_layout_groups_each_signal(tmp_path, data):
     fit(diagnostic_model(), data, GradientHealth(tmp_path, data, every_n_steps=50))
     layout = custom_scalars_layout(tmp_path)
     charts = {c.title: list(c.multiline.tag) for c in layout.category[0].chart}
-    assert charts["grad_norm"] == [r"^grad_norm/.*"]
+    assert charts["grad_norm"] == [r"^grad_norm/"]
     assert set(charts) >= {"grad_norm", "activation_std", "dead_relu_fraction"}
 
 
@@ -276,9 +276,11 @@ def test_nonfinite_values_warn_once_keep_logs_and_training_goes_on(tmp_path, dat
             x, y, batch_size=32, epochs=3, verbose=0, callbacks=[health]
         )
     assert len(history.history["loss"]) == 3  # fit went on
-    nonfinite = [w for w in caught if "NaN or inf" in str(w.message)]
+    nonfinite = [w for w in caught if "non-finite values" in str(w.message)]
     assert len(nonfinite) == 1
-    assert "'a'" in str(nonfinite[0].message) or "'b'" in str(nonfinite[0].message)
+    message = str(nonfinite[0].message)
+    assert "'a'" in message or "'b'" in message
+    assert "NaN" in message or "inf" in message
     scalars = read_scalars(tmp_path)
     steps = [s for s, _ in scalars["grad_norm/a"]]
     assert steps == list(range(25))  # every step kept, 24 steps + the start

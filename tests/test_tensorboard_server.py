@@ -1,6 +1,7 @@
 """Starts a real `tensorboard` server on 127.0.0.1 and reads the scalars over HTTP."""
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -35,6 +36,7 @@ def test_scalars_through_tensorboard_http_api(tmp_path):
     model = keras.Sequential([
         keras.Input((8,)),
         keras.layers.Dense(16, activation="relu", name="hidden"),
+        keras.layers.Dense(8, activation="tanh", name="squash"),
         keras.layers.Dense(1, activation="sigmoid", name="out"),
     ])  # fmt: skip
     model.compile("sgd", "binary_crossentropy")
@@ -68,8 +70,19 @@ def test_scalars_through_tensorboard_http_api(tmp_path):
                 (step, pytest.approx(value, rel=1e-6)) for step, value in expected[tag]
             ]
         layout = get_json(f"http://127.0.0.1:{port}/data/plugin/custom_scalars/layout")
-        titles = [chart["title"] for chart in layout["category"][0]["chart"]]
-        assert "grad_norm" in titles and "dead_relu_fraction" in titles
+        charts = layout["category"][0]["chart"]
+        assert {c["title"] for c in charts} == {
+            "grad_norm", "activation_std", "dead_relu_fraction",
+            "saturated_sigmoid_fraction", "saturated_tanh_fraction", "probe_loss",
+        }  # fmt: skip
+        # Every chart shows exactly the tags of its signal (the probe_loss
+        # chart was once empty: its pattern wanted a '/' the tag lacks).
+        for chart in charts:
+            (pattern,) = chart["multiline"]["tag"]
+            shown = {t for t in tags if re.search(pattern, t)}
+            title = chart["title"]
+            assert shown == {t for t in tags if t.split("/")[0] == title}, title
+            assert shown, title
     finally:
         server.terminate()
         server.wait(timeout=30)
