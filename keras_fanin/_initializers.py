@@ -9,12 +9,19 @@ Only `keras.*` APIs are used, so they run on any Keras backend.
 import math
 
 import keras
+import numpy as np
 
-from keras_fanin._fans import MODES, check_axes, compute_fans, fan_for_mode
+from keras_fanin._fans import (
+    MODES,
+    check_axes,
+    check_shape,
+    compute_fans,
+    fan_for_mode,
+)
 from keras_fanin._validation import (
-    check_non_negative_finite,
+    check_non_negative_float32,
     check_one_of,
-    check_positive_finite,
+    check_positive_float32,
 )
 
 DISTRIBUTIONS = ("truncated_normal", "normal", "uniform")
@@ -29,6 +36,26 @@ _KERAS_DISTRIBUTION = {
 # truncated draw have exactly the promised std.
 _TRUNCATED_STD = 0.87962566103423978
 _SQRT3 = math.sqrt(3.0)  # a uniform on [-a, a] has std a / sqrt(3)
+# The largest magnitude a draw computes, in stds: a truncated normal stops at
+# two underlying sigmas; the backends compute a uniform as
+# `minval + u * (maxval - minval)`, where `maxval - minval = 2 * limit`; and no
+# backend's normal sampler goes past ~9.5 stds (Box-Muller on 64-bit uniforms
+# tops out at sqrt(2 * ln(2**64)) = 9.4).
+_REACH = {
+    "truncated_normal": 2.0 / _TRUNCATED_STD,
+    "normal": 10.0,
+    "uniform": 2.0 * _SQRT3,
+}
+# (largest finite value, smallest positive value) of Keras's float dtypes;
+# numpy knows neither bfloat16 nor the float8s, so they are written out.
+_FLOAT_RANGE = {
+    "float16": (65504.0, 2.0**-24),
+    "bfloat16": (3.3895313892515355e38, 2.0**-133),
+    "float32": (3.4028234663852886e38, 2.0**-149),
+    "float64": (1.7976931348623157e308, 2.0**-1074),
+    "float8_e4m3fn": (448.0, 2.0**-9),
+    "float8_e5m2": (57344.0, 2.0**-16),
+}
 
 
 def _check_seed(seed):
@@ -67,6 +94,12 @@ class FanScaling(keras.initializers.VarianceScaling):
       means what it says, as in PyTorch and JAX;
     - `"uniform"`: uniform on `[-limit, limit]` with `limit = stddev * sqrt(3)`.
 
+    A draw never returns inf or all-zero weights: when the dtype cannot hold the
+    values the draw computes (up to `2.27 * stddev` for the truncated normal,
+    `10 * stddev` for the normal, `2 * limit` for the uniform) or `stddev`
+    rounds to zero in it, calling the initializer raises a `ValueError` naming
+    `gain`.
+
     Examples:
 
     >>> init = keras_fanin.FanScaling(gain=2.0, mode="fan_avg")
@@ -74,7 +107,8 @@ class FanScaling(keras.initializers.VarianceScaling):
     >>> layer = keras.layers.Dense(128, kernel_initializer=init)
 
     Args:
-        gain: Positive finite float, the multiplier on the standard deviation.
+        gain: Positive finite float, the multiplier on the standard deviation;
+            float32 must hold it (at most `3.4e38`).
         mode: One of `"fan_in"`, `"fan_out"`, `"fan_avg"`.
         distribution: One of `"truncated_normal"`, `"normal"`, `"uniform"`.
         seed: None, an int, or a `keras.random.SeedGenerator`. An int or `None`
@@ -102,7 +136,7 @@ class FanScaling(keras.initializers.VarianceScaling):
 
     def _setup(self, gain, mode, numerator, distribution, seed, input_axes, axes_out):
         """Validates every argument, then lets Keras's base class store its own."""
-        gain = check_positive_finite("gain", gain)
+        gain = check_positive_float32("gain", gain)
         check_one_of("mode", mode, MODES)
         check_one_of("distribution", distribution, DISTRIBUTIONS)
         seed = _check_seed(seed)
@@ -122,22 +156,76 @@ class FanScaling(keras.initializers.VarianceScaling):
         self._seed_argument = seed
 
     def stddev(self, shape) -> float:
-        """Returns the standard deviation this initializer draws for `shape`."""
+        """Returns the standard deviation this initializer draws for `shape`.
+
+        A finite Python float (the exact value, before any rounding to the
+        weights' dtype), for any shape; `shape` is checked as `compute_fans`
+        checks it.
+        """
         fan_in, fan_out = compute_fans(shape, self.input_axes, self.output_axes)
         return self.gain * math.sqrt(
             self._numerator / fan_for_mode(fan_in, fan_out, self.mode)
         )
 
+    def _std_arguments(self):
+        """The arguments that set the std, for error messages."""
+        return f"gain={self.gain!r}"
+
+    def _check_draw(self, shape, dtype, stddev, requested=None):
+        """Raises if a draw in `dtype` would hold inf, or round every weight to 0."""
+        if dtype not in _FLOAT_RANGE:  # a float dtype of a future Keras
+            return
+        largest, smallest = _FLOAT_RANGE[dtype]
+        reach = stddev * _REACH[self.distribution]
+        where = (
+            f"{type(self).__name__} with {self._std_arguments()} draws a kernel of "
+            f"shape {shape} with std {stddev:.6g}"
+        )
+        if requested not in (None, dtype):
+            where += f" (the backend drew the requested {requested} as {dtype})"
+        if reach > largest:
+            raise ValueError(
+                f"Argument `gain` is too large for a {self.distribution!r} draw in "
+                f"{dtype}: {where}, and the draw computes values up to "
+                f"{reach:.6g}, beyond {dtype}'s largest value {largest:.6g}. Lower "
+                f"`gain` or draw in a wider dtype. Received: gain={self.gain!r}"
+            )
+        if stddev < smallest:
+            raise ValueError(
+                f"Argument `gain` is too small for a draw in {dtype}: {where}, "
+                f"below {dtype}'s smallest positive value {smallest:.6g}, so every "
+                "weight would be 0. Raise `gain` or draw in a wider dtype. "
+                f"Received: gain={self.gain!r}"
+            )
+
     def __call__(self, shape, dtype=None):
-        # None means floatx, always a float: skip the check on the common path.
-        if dtype is not None:
+        """Draws a kernel of `shape` in `dtype` (default: `keras.config.floatx()`).
+
+        Raises:
+            TypeError: If `dtype` is not a float dtype, or `shape` not a
+                sequence of ints.
+            ValueError: If a dimension is negative, or `dtype` cannot hold the
+                draw (see the class docstring).
+        """
+        if dtype is None:
+            dtype = keras.config.floatx()
+        else:
             dtype = keras.backend.standardize_dtype(dtype)
             if not keras.backend.is_float_dtype(dtype):
                 raise TypeError(
                     f"{type(self).__name__} only draws floating-point weights. "
                     f"Received: dtype={dtype!r}"
                 )
+        shape = check_shape(shape)
         stddev = self.stddev(shape)
+        self._check_draw(shape, dtype, stddev)
+        values = self._draw(shape, dtype, stddev)
+        drawn = keras.backend.standardize_dtype(values.dtype)
+        if drawn != dtype:  # JAX without x64 draws float64 as float32
+            self._check_draw(shape, drawn, stddev, requested=dtype)
+        return values
+
+    def _draw(self, shape, dtype, stddev):
         if self.distribution == "truncated_normal":
             return keras.random.truncated_normal(
                 shape, stddev=stddev / _TRUNCATED_STD, dtype=dtype, seed=self.seed
@@ -147,6 +235,10 @@ class FanScaling(keras.initializers.VarianceScaling):
                 shape, stddev=stddev, dtype=dtype, seed=self.seed
             )
         limit = stddev * _SQRT3
+        if dtype == "float64":
+            # TF's uniform casts a Python-float bound through float32 (an error
+            # past 3.4e38, rounding below); numpy's float64 is a float too.
+            limit = np.float64(limit)
         return keras.random.uniform(
             shape, minval=-limit, maxval=limit, dtype=dtype, seed=self.seed
         )
@@ -194,9 +286,9 @@ class He(FanScaling):
 
     Args:
         gain: Positive finite float, a multiplier on the standard deviation
-            (on top of He's `sqrt(2)`).
-        negative_slope: The leaky ReLU's slope for negative inputs, `>= 0`
-            (`0` is a plain ReLU).
+            (on top of He's `sqrt(2)`); float32 must hold it.
+        negative_slope: The leaky ReLU's slope for negative inputs, a finite
+            float `>= 0` that float32 holds (`0` is a plain ReLU).
         distribution: One of `"truncated_normal"`, `"normal"` (untruncated),
             `"uniform"`; see `FanScaling`.
         seed: None, an int, or a `keras.random.SeedGenerator`; see `FanScaling`.
@@ -216,7 +308,7 @@ class He(FanScaling):
         input_axes: list[int] | None = None,
         output_axes: list[int] | None = None,
     ):
-        slope = check_non_negative_finite("negative_slope", negative_slope)
+        slope = check_non_negative_float32("negative_slope", negative_slope)
         self._setup(
             gain,
             "fan_in",
@@ -227,6 +319,9 @@ class He(FanScaling):
             output_axes,
         )
         self.negative_slope = slope
+
+    def _std_arguments(self):
+        return f"gain={self.gain!r} and negative_slope={self.negative_slope!r}"
 
     def get_config(self):
         return self._base_config(negative_slope=self.negative_slope)
@@ -250,7 +345,8 @@ class LeCun(FanScaling):
     ... )
 
     Args:
-        gain: Positive finite float, the multiplier on the standard deviation.
+        gain: Positive finite float, the multiplier on the standard deviation;
+            float32 must hold it.
         distribution: One of `"truncated_normal"`, `"normal"` (untruncated),
             `"uniform"`; see `FanScaling`.
         seed: None, an int, or a `keras.random.SeedGenerator`; see `FanScaling`.
@@ -294,7 +390,8 @@ class Xavier(FanScaling):
     ... )
 
     Args:
-        gain: Positive finite float, the multiplier on the standard deviation.
+        gain: Positive finite float, the multiplier on the standard deviation;
+            float32 must hold it.
         distribution: One of `"truncated_normal"`, `"normal"` (untruncated),
             `"uniform"`; see `FanScaling`.
         seed: None, an int, or a `keras.random.SeedGenerator`; see `FanScaling`.

@@ -26,6 +26,82 @@ def test_compute_fans(shape, axes, fans):
     assert compute_fans(shape, *axes) == fans
 
 
+@pytest.mark.parametrize(
+    "shape, error, message",
+    [
+        ((-3, 4), ValueError, r"Argument `shape` must be a sequence of non-negative integers. Received: shape=\(-3, 4\)"),
+        ((3, -1, 4), ValueError, r"shape=\(3, -1, 4\)"),
+        ((2.7, 4), TypeError, r"Argument `shape` must be a sequence of non-negative integers; item 0 is 2.7 of type float"),
+        ((np.float64(3.0), 4), TypeError, r"item 0 is np.float64\(3.0\) of type float64"),
+        ((True, 4), TypeError, r"item 0 is True of type bool"),
+        ((np.bool_(True), 4), TypeError, r"item 0 is np.True_ of type bool"),
+        ([3, None], TypeError, r"item 1 is None of type NoneType"),
+        (5, TypeError, r"Argument `shape` must be a sequence of non-negative integers. Received: shape=5 of type int"),
+        ("34", TypeError, r"Received: shape='34' of type str"),
+        (np.int64(3), TypeError, r"Received: shape=np.int64\(3\) of type int64"),
+    ],
+)  # fmt: skip
+def test_bad_shapes_are_refused_naming_shape(shape, error, message):
+    with pytest.raises(error, match=message):
+        compute_fans(shape)
+
+
+def test_numpy_int_dims_are_accepted_as_python_ints():
+    for shape in [(np.int64(3), np.int32(4)), np.array([3, 4]), [3, 4]]:
+        fans = compute_fans(shape)
+        assert fans == (3, 4) and {type(f) for f in fans} == {int}
+    kernel = keras.Variable(np.zeros((2, 3, 5), "float32"))
+    assert compute_fans(kernel.shape) == (6, 10)
+
+
+def test_errors_never_print_array_contents():
+    """A kernel passed for its shape is described by type and shape, not values."""
+    kernel = np.random.default_rng(0).normal(size=(300, 400))
+    cases = [
+        (kernel, {}, r"shape=<ndarray of shape \(300, 400\) and dtype float64>"),
+        (
+            [kernel[0], 3],
+            {},
+            r"item 0 is <ndarray of shape \(400,\) and dtype float64>",
+        ),
+        (
+            list(kernel[0]),
+            {},
+            r"item 0 is np.float64\(.*Received: shape=<list of length 400>",
+        ),
+        (
+            (3, 4),
+            {"input_axes": kernel, "output_axes": [1]},
+            r"input_axes=<ndarray of shape \(300, 400\)",
+        ),
+    ]
+    for shape, axes, message in cases:
+        with pytest.raises(TypeError, match=message) as info:
+            compute_fans(shape, **axes)
+        assert len(str(info.value)) < 250, str(info.value)
+
+
+@pytest.mark.parametrize(
+    "axes, error, message",
+    [
+        (([0.5], [1]), TypeError, r"Argument `input_axes` must be None or a sequence of integers; item 0 is 0.5 of type float"),
+        (([0], [True]), TypeError, r"Argument `output_axes` .* item 0 is True of type bool"),
+        ((np.int64(0), [1]), TypeError, r"Argument `input_axes` must be None or a sequence of integers. Received: input_axes=np.int64\(0\)"),
+        (([0], 1.5), TypeError, r"Argument `output_axes` must be None or a sequence of integers. Received: output_axes=1.5"),
+        (([0, -2], [1]), ValueError, r"Argument `input_axes` holds the same axis twice. Received: input_axes=\[0, -2\]"),
+        (([0], [2]), ValueError, r"Argument `output_axes` holds an axis outside a kernel of rank 2"),
+    ],
+)  # fmt: skip
+def test_bad_axes_are_refused_naming_the_argument(axes, error, message):
+    with pytest.raises(error, match=message):
+        compute_fans((4, 6), *axes)
+
+
+def test_numpy_int_axes_are_accepted():
+    fans = compute_fans((256, 8, 32), np.array([0]), [np.int64(1), np.int32(-1)])
+    assert fans == (256, 256)
+
+
 def test_empty_kernel_does_not_divide_by_zero():
     assert He().stddev((0, 5)) == pytest.approx(math.sqrt(2.0))
     assert keras.ops.convert_to_numpy(He(seed=1)((0, 5))).shape == (0, 5)

@@ -1,3 +1,4 @@
+import inspect
 import math
 
 import keras
@@ -45,6 +46,78 @@ def test_keras_activation_functions_are_accepted():
     )
 
 
+def leaky(slope):
+    return math.sqrt(2 / (1 + slope**2))
+
+
+@pytest.mark.parametrize(
+    "make_layer, gain",
+    [
+        (lambda: keras.layers.ReLU(), math.sqrt(2)),
+        (lambda: keras.layers.ReLU(max_value=6.0), math.sqrt(2)),
+        (lambda: keras.layers.ReLU(negative_slope=0.1), leaky(0.1)),
+        (lambda: keras.layers.ReLU(negative_slope=0.1, max_value=6.0), leaky(0.1)),
+        (lambda: keras.layers.LeakyReLU(negative_slope=0.2), leaky(0.2)),
+        (lambda: keras.layers.LeakyReLU(), leaky(0.3)),  # Keras's layer default
+        (lambda: keras.layers.Activation("tanh"), 5 / 3),
+        (lambda: keras.layers.Activation("sigmoid"), 1.0),
+        (lambda: keras.layers.Activation(keras.activations.relu6), math.sqrt(2)),
+        (lambda: keras.layers.Activation("leaky_relu"), leaky(0.2)),
+    ],
+    ids=[
+        "ReLU", "ReLU_max", "ReLU_slope", "ReLU_slope_max", "LeakyReLU_0.2",
+        "LeakyReLU_default", "Activation_tanh", "Activation_sigmoid",
+        "Activation_relu6", "Activation_leaky_relu",
+    ],
+)  # fmt: skip
+def test_keras_activation_layers_give_the_gain_of_what_they_apply(make_layer, gain):
+    layer = make_layer()
+    assert calculate_gain(layer) == pytest.approx(gain, rel=1e-15)
+    assert recommended_initializer(layer) is not None
+
+
+@pytest.mark.parametrize("relu6", ["relu6", "ReLU6", keras.activations.relu6])
+def test_relu6_has_the_relu_gain(relu6):
+    assert calculate_gain(relu6) == math.sqrt(2)
+    assert recommended_initializer(relu6) == "keras_fanin.He()"
+
+
+def test_leaky_relu_slope_by_name_is_pytorchs_and_by_keras_object_is_keras():
+    keras_default = (
+        inspect.signature(keras.activations.leaky_relu)
+        .parameters["negative_slope"]
+        .default
+    )
+    assert keras_default == 0.2
+    assert calculate_gain("leaky_relu") == leaky(0.01)
+    assert calculate_gain(keras.activations.leaky_relu) == leaky(keras_default)
+    assert calculate_gain(keras.activations.leaky_relu, 0.05) == leaky(0.05)
+    layer = keras.layers.LeakyReLU(negative_slope=0.25)
+    assert calculate_gain(layer) == calculate_gain("leaky_relu", 0.25)
+
+
+def test_huge_slope_gives_a_tiny_gain_not_an_overflow():
+    assert calculate_gain("leaky_relu", 1e200) == pytest.approx(
+        math.sqrt(2) / 1e200, rel=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    "make_layer, param, error, message",
+    [
+        (lambda: keras.layers.ELU(), None, ValueError, r"Argument `nonlinearity` must be a name, an activation function or a Keras `ReLU`, `LeakyReLU` or `Activation` layer.*Received: nonlinearity=<ELU"),
+        (lambda: keras.layers.Dense(4, activation="relu"), None, ValueError, r"pass `layer.activation`"),
+        (lambda: keras.layers.Activation("gelu"), None, ValueError, r"Unknown nonlinearity 'gelu'"),
+        (lambda: keras.layers.LeakyReLU(0.2), 0.1, ValueError, r"Argument `param` must be None when `nonlinearity` is a Keras layer, whose own slope is used. Received: param=0.1"),
+        (lambda: keras.layers.ReLU(), 0.1, ValueError, r"Argument `param` must be None"),
+    ],
+    ids=["ELU", "Dense", "Activation_gelu", "LeakyReLU_param", "ReLU_param"],
+)  # fmt: skip
+def test_bad_layers(make_layer, param, error, message):
+    with pytest.raises(error, match=message):
+        calculate_gain(make_layer(), param)
+
+
 def test_lecun_with_relu_gain_is_he():
     shape = (300, 200)
     np.testing.assert_allclose(
@@ -69,8 +142,15 @@ def test_lecun_with_relu_gain_is_he():
         (("leaky_relu", "0.1"), TypeError, r"param='0.1'"),
         (("leaky_relu", float("nan")), ValueError, r"param=nan"),
         (("relu", 0.2), ValueError, r"Argument `param` is only used by 'leaky_relu'"),
+        ((None,), TypeError, r"Argument `nonlinearity` must be a string, an activation function or a Keras activation layer. Received: nonlinearity=None of type NoneType"),
+        (("relu6", 0.2), ValueError, r"Argument `param` is only used by 'leaky_relu' and must be None for 'relu'"),
+        ((keras.activations.elu,), ValueError, r"Unknown nonlinearity 'elu'"),
+        (("leaky_relu", float("inf")), ValueError, r"Argument `param` must be a non-negative finite number. Received: param=inf"),
+        (("leaky_relu", 10**400), ValueError, r"Argument `param` must be a non-negative finite number. Received: param=<int of 1329 bits>"),
+        (("leaky_relu", True), TypeError, r"param=True of type bool"),
+        (("relu", np.zeros(10_000)), ValueError, r"Received: param=<ndarray of shape \(10000,\) and dtype float64>$"),
     ],
-)
+)  # fmt: skip
 def test_bad_input(args, error, message):
     with pytest.raises(error, match=message):
         calculate_gain(*args)
@@ -81,3 +161,8 @@ def test_recommended_initializer_comes_from_the_same_table():
     assert recommended_initializer(keras.activations.tanh) == "keras_fanin.LeCun()"
     assert recommended_initializer("sigmoid") == "keras_fanin.Xavier()"
     assert recommended_initializer("softplus_unknown") is None
+    assert recommended_initializer(keras.layers.ReLU()) == "keras_fanin.He()"
+    assert recommended_initializer(keras.layers.Activation("tanh")) == (
+        "keras_fanin.LeCun()"
+    )
+    assert recommended_initializer(keras.layers.ELU()) is None

@@ -1,4 +1,5 @@
 import inspect
+import json
 import math
 
 import keras
@@ -198,6 +199,9 @@ BAD_ARGUMENTS = [
     (LeCun, {"seed": "42"}, TypeError, r"seed='42'"),
     (Xavier, {"gain": -2.0}, ValueError, r"gain=-2.0"),
     (FanScaling, {"input_axes": 0, "output_axes": [1]}, TypeError, r"Argument `input_axes` must be None or a sequence of integers"),
+    (FanScaling, {"input_axes": np.int64(0), "output_axes": [1]}, TypeError, r"Argument `input_axes` must be None or a sequence of integers. Received: input_axes=np.int64\(0\)"),
+    (FanScaling, {"input_axes": [0], "output_axes": [1.0]}, TypeError, r"Argument `output_axes` must be None or a sequence of integers; item 0 is 1.0 of type float"),
+    (FanScaling, {"input_axes": [0, 0], "output_axes": [1]}, ValueError, r"Argument `input_axes` holds the same axis twice. Received: input_axes=\[0, 0\]"),
 ]  # fmt: skip
 
 
@@ -205,6 +209,130 @@ BAD_ARGUMENTS = [
 def test_bad_arguments_fail_at_construction(cls, kwargs, error, message):
     with pytest.raises(error, match=message):
         cls(**kwargs)
+
+
+@pytest.mark.parametrize("cls", [FanScaling, He, LeCun, Xavier])
+@pytest.mark.parametrize(
+    "gain, received",
+    [
+        (1e200, r"gain=1e\+200"),  # its square overflowed a Python float
+        (1e39, r"gain=1e\+39"),  # inf in float32
+        (1e-46, r"gain=1e-46"),  # 0 in float32
+        (10**400, r"gain=<int of 1329 bits>"),  # too large for a float at all
+    ],
+    ids=["1e200", "1e39", "1e-46", "10**400"],
+)
+def test_gain_float32_cannot_hold_is_a_value_error_naming_gain(cls, gain, received):
+    with pytest.raises(ValueError, match=r"Argument `gain` must be a positive finite "):
+        cls(gain=gain)
+    with pytest.raises(ValueError, match=received):
+        cls(gain=gain)
+
+
+def test_huge_negative_slope_is_a_value_error_naming_it():
+    with pytest.raises(
+        ValueError,
+        match=r"Argument `negative_slope` must be a non-negative finite number that "
+        r"float32 can hold, at most 3.4028235e\+38. Received: negative_slope=1e\+200",
+    ):
+        He(negative_slope=1e200)
+
+
+# The largest value of each dtype, and how far a draw reaches in stds: the
+# truncated normal's cut, no normal sampler's tail, and the uniform's
+# `maxval - minval = 2 * limit`.
+DTYPE_MAX = {
+    "float16": 65504.0,
+    "bfloat16": 3.3895313892515355e38,
+    "float32": 3.4028234663852886e38,
+}
+REACH = {
+    "truncated_normal": 2 / TRUNCATED_STD,
+    "normal": 10.0,
+    "uniform": 2 * math.sqrt(3),
+}
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPE_MAX))
+@pytest.mark.parametrize("distribution", sorted(REACH))
+def test_a_draw_the_dtype_cannot_hold_is_a_value_error_never_inf(dtype, distribution):
+    # fan_out of (n, 1) is 1, so the std is the gain itself.
+    shape, limit = (100_000, 1), DTYPE_MAX[dtype] / REACH[distribution]
+    too_large = FanScaling(gain=1.05 * limit, mode="fan_out", distribution=distribution)
+    with pytest.raises(
+        ValueError,
+        match=rf"Argument `gain` is too large for a '{distribution}' draw in {dtype}.*Received: gain=",
+    ):
+        too_large(shape, dtype=dtype)
+    fits = FanScaling(
+        gain=0.95 * limit, mode="fan_out", distribution=distribution, seed=2
+    )
+    values = keras.ops.convert_to_numpy(
+        keras.ops.cast(fits(shape, dtype=dtype), "float32")
+    )
+    assert np.isfinite(values).all()
+    assert np.abs(values).max() > 0.1 * limit
+
+
+def test_a_std_beyond_float32_draws_in_float64_and_stddev_stays_finite():
+    init = He(gain=3e38, distribution="uniform", seed=1)  # std 3e38 * sqrt(2)
+    # stddev is the exact value, whatever dtype the weights are drawn in.
+    assert init.stddev((1, 1)) == pytest.approx(3e38 * math.sqrt(2), rel=1e-12)
+    assert math.isfinite(init.stddev((0, 5)))
+    with pytest.raises(
+        ValueError,
+        match=r"He with gain=3e\+38 and negative_slope=0.0 draws a kernel of shape \(1, 1\) with std 4.24264e\+38",
+    ):
+        init((1, 1))  # floatx, float32
+    if (
+        keras.backend.standardize_dtype(keras.ops.zeros(1, "float64").dtype)
+        != "float64"
+    ):
+        # JAX without x64 draws float64 as float32: refused, not inf.
+        with pytest.raises(ValueError, match="drew the requested float64 as float32"):
+            init((1, 1000), dtype="float64")
+        return
+    values = keras.ops.convert_to_numpy(init((1, 1000), dtype="float64"))  # fan_in 1
+    assert np.isfinite(values).all() and np.abs(values).max() > 1e38
+
+
+def test_a_std_that_rounds_to_zero_is_a_value_error_not_zero_weights():
+    init = He(gain=1e-30, seed=1)  # std 1.4e-31: 0 in float16, fine in float32
+    with pytest.raises(
+        ValueError,
+        match=r"Argument `gain` is too small for a draw in float16.*every weight would be 0. .*Received: gain=1e-30",
+    ):
+        init((100, 100), dtype="float16")
+    assert np.count_nonzero(keras.ops.convert_to_numpy(init((100, 100)))) > 9000
+    with pytest.raises(ValueError, match="too small for a draw in float32"):
+        LeCun(gain=1e-44)((100, 100))  # std 1e-45, below float32's 1.4e-45
+
+
+@pytest.mark.parametrize(
+    "shape, error",
+    [
+        ((-3, 4), ValueError),
+        ((2.7, 4), TypeError),
+        ((True, 4), TypeError),
+        (5, TypeError),
+    ],
+)
+def test_stddev_and_call_check_the_shape(shape, error):
+    match = r"Argument `shape` must be a sequence of non-negative integers"
+    with pytest.raises(error, match=match):
+        He().stddev(shape)
+    with pytest.raises(error, match=match):
+        He(seed=1)(shape)
+
+
+def test_numpy_int_axes_are_accepted_and_configs_hold_python_ints():
+    init = FanScaling(input_axes=np.array([0]), output_axes=[np.int64(1), np.int32(2)])
+    config = init.get_config()
+    assert config["input_axes"] == [0] and config["output_axes"] == [1, 2]
+    assert {type(a) for a in config["input_axes"] + config["output_axes"]} == {int}
+    json.dumps(config)
+    plain = FanScaling(input_axes=[0], output_axes=[1, 2])
+    assert init.stddev((256, 8, 32)) == plain.stddev((256, 8, 32)) == 1 / 16
 
 
 def test_axes_outside_the_kernel_fail_with_a_clear_error():
