@@ -1,14 +1,24 @@
 """Cost of GradientHealth on a steady-state fit(), measured side by side.
 
-An 8x512 ReLU MLP (batch 128, 200 steps an epoch) is trained for two epochs
-with each configuration in turn, interleaved round by round; the second epoch is
-timed. Printed: the median ratio of each configuration's epoch time over the
-same fit without callbacks, for GradientHealth at its defaults, at
-every_n_steps=1, and for Keras's own TensorBoard(histogram_freq=1) as the peer;
-the one-off setup cost (first probe: tracing); and how the cost of one
-measurement grows with depth (10, 50, 100 layers).
+Three models (an 8x512 ReLU MLP; a small CNN with BatchNorm on 32x32x3; a
+2-block Transformer encoder, d_model 128, sequence 64) are trained for two
+epochs with each configuration in turn, interleaved round by round (the order
+reversed every other round); the second epoch is timed. Printed: the median
+ratio of each configuration's epoch time over the same fit without callbacks:
 
-    python benchmarks/bench_gradient_health.py            # full run (~5 min)
+- GradientHealth watching the real step at every step, gradients, updates and
+  weights only (`activations=False`), and with the in-step activation signals;
+- GradientHealth at its defaults (the real step every 10 steps);
+- the fixed-probe mode at its default (a probe every 100 steps);
+- Keras's own `TensorBoard(histogram_freq=1)`, the peer;
+- a hand-written `train_step` that also returns per-layer gradient norms in
+  its logs: the floor for what watching the step can cost.
+
+Then: the cost of a logged step against depth (MLPs of 10, 50 and 100 layers),
+the number of traces of the train step, and the process's memory over 5000
+logged steps.
+
+    python benchmarks/bench_gradient_health.py            # full run (~15 min)
     python benchmarks/bench_gradient_health.py --quick    # a smoke run
 """
 
@@ -22,6 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 import keras_fanin  # noqa: E402
 
@@ -36,113 +47,227 @@ class EpochTimer(keras.callbacks.Callback):
         self.last = time.perf_counter() - self.start
 
 
-def mlp(depth, width, features):
+class NormsInLogs(keras.Model):
+    """The floor: Keras's step plus per-layer gradient norms in the logs."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def call(self, x, training=False):
+        return self.inner(x, training=training)
+
+    def train_step(self, data):
+        x, y = data
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+        variables = self.trainable_variables
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply(grads, variables)
+        logs = {"loss": loss}
+        by_layer = {}
+        for g, v in zip(grads, variables, strict=True):
+            by_layer.setdefault(v.path.rsplit("/", 1)[0], []).append(g)
+        for name, gs in by_layer.items():
+            logs[f"grad_norm/{name}"] = tf.linalg.global_norm(gs)
+        return logs
+
+
+def mlp(depth=8, width=512, features=512, classes=10):
     layers = [keras.Input((features,))]
     layers += [
-        keras.layers.Dense(
-            width, activation="relu", kernel_initializer=keras_fanin.He()
-        )
+        keras.layers.Dense(width, activation="relu", kernel_initializer="he_normal")
         for _ in range(depth)
     ]
-    layers.append(keras.layers.Dense(10, activation="softmax"))
-    model = keras.Sequential(layers)
-    model.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
-    return model
+    layers.append(keras.layers.Dense(classes, activation="softmax"))
+    return keras.Sequential(layers)
 
 
-def data(steps, features):
+def cnn():
+    inputs = keras.Input((32, 32, 3))
+    h = inputs
+    for filters in (32, 64, 128):
+        h = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(h)
+        h = keras.layers.BatchNormalization()(h)
+        h = keras.layers.ReLU()(h)
+        h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(h))
+
+
+def transformer(blocks=2, d_model=128, seq=64, heads=4, vocab=1000):
+    inputs = keras.Input((seq,), dtype="int32")
+    h = keras.layers.Embedding(vocab, d_model)(inputs)
+    for _ in range(blocks):
+        attention = keras.layers.MultiHeadAttention(heads, d_model // heads)(h, h)
+        h = keras.layers.LayerNormalization()(h + attention)
+        ff = keras.layers.Dense(4 * d_model, activation="gelu")(h)
+        h = keras.layers.LayerNormalization()(h + keras.layers.Dense(d_model)(ff))
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(h))
+
+
+# name: (builder, input maker, steps an epoch in the full run).
+MODELS = {
+    "8x512 MLP": (
+        mlp,
+        lambda rng, n: rng.normal(size=(n, 512)).astype("float32"),
+        100,
+    ),
+    "CNN + BatchNorm 32x32x3": (
+        cnn,
+        lambda rng, n: rng.normal(size=(n, 32, 32, 3)).astype("float32"),
+        50,
+    ),
+    "Transformer 2x128, seq 64": (
+        transformer,
+        lambda rng, n: rng.integers(0, 1000, size=(n, 64)).astype("int32"),
+        25,
+    ),
+}
+
+CONFIGS = [
+    "no callback",
+    "real step, every step, no activations",
+    "real step, every step",
+    "GradientHealth defaults (every 10 steps)",
+    "probe mode (every 100 steps)",
+    "Keras TensorBoard(histogram_freq=1)",
+    "hand-written train_step (floor)",
+]
+
+
+def callbacks_for(config, log_dir, probe):
+    if config == "real step, every step, no activations":
+        return [keras_fanin.GradientHealth(log_dir, every_n_steps=1, activations=False)]
+    if config == "real step, every step":
+        return [keras_fanin.GradientHealth(log_dir, every_n_steps=1)]
+    if config == "GradientHealth defaults (every 10 steps)":
+        return [keras_fanin.GradientHealth(log_dir)]
+    if config == "probe mode (every 100 steps)":
+        return [keras_fanin.GradientHealth(log_dir, probe, every_n_steps=None)]
+    if config == "Keras TensorBoard(histogram_freq=1)":
+        return [keras.callbacks.TensorBoard(log_dir, histogram_freq=1)]
+    return []
+
+
+def epoch_time(build, make_x, config, steps, log_dir):
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(steps * BATCH, features)).astype("float32")
+    x = make_x(rng, steps * BATCH)
     y = rng.integers(0, 10, size=(steps * BATCH,))
-    return x, y
-
-
-def second_epoch_time(config, depth, width, steps, log_root):
-    x, y = data(steps, width)
-    model = mlp(depth, width, width)
+    model = build()
+    if config == "hand-written train_step (floor)":
+        model = NormsInLogs(model)
+    model.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
     timer = EpochTimer()
-    callbacks = {
-        "no callback": [],
-        "GradientHealth (defaults)": lambda: [
-            keras_fanin.GradientHealth(log_root, (x[:BATCH], y[:BATCH]))
-        ],
-        "GradientHealth every_n_steps=1": lambda: [
-            keras_fanin.GradientHealth(
-                log_root, (x[:BATCH], y[:BATCH]), every_n_steps=1
-            )
-        ],
-        "Keras TensorBoard(histogram_freq=1)": lambda: [
-            keras.callbacks.TensorBoard(log_root, histogram_freq=1)
-        ],
-    }[config]
-    extra = callbacks() if callable(callbacks) else callbacks
+    extra = callbacks_for(config, log_dir, (x[:BATCH], y[:BATCH]))
     model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[*extra, timer])
-    return timer.last
+    traces = (
+        extra[0]._hook.traces if extra and getattr(extra[0], "_hook", None) else None
+    )
+    return timer.last, traces
 
 
-def probe_cost(depth, width, log_root, repeats):
-    """Setup (first probe, with tracing) and the median time of one measurement."""
-    x, y = data(2, width)
-    model = mlp(depth, width, width)
-    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
-    health = keras_fanin.GradientHealth(log_root, (x[:BATCH], y[:BATCH]))
-    health.set_model(model)
-    start = time.perf_counter()
-    health.on_train_begin()
-    setup = time.perf_counter() - start
-    times = []
-    for i in range(repeats):
-        start = time.perf_counter()
-        health._measure(i + 1)
-        times.append(time.perf_counter() - start)
-    health.close()
-    step = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.train_on_batch(x[:BATCH], y[:BATCH])
-        step.append(time.perf_counter() - start)
-    return setup, statistics.median(times), statistics.median(step)
+def compare(rounds, quick, log_root):
+    for name, (build, make_x, steps) in MODELS.items():
+        steps = 10 if quick else steps
+        times = {c: [] for c in CONFIGS}
+        traces = set()
+        for r in range(rounds):
+            for config in CONFIGS if r % 2 == 0 else CONFIGS[::-1]:
+                log_dir = os.path.join(log_root, name[:3], str(r), config[:8])
+                seconds, count = epoch_time(build, make_x, config, steps, log_dir)
+                times[config].append(seconds)
+                if count is not None:
+                    traces.add(count)
+        print(f"\n{name}: batch {BATCH}, {steps} steps/epoch, second epoch, "
+              f"{rounds} interleaved rounds; train_step traces per fit: "
+              f"{sorted(traces)}")  # fmt: skip
+        base = times["no callback"]
+        for config in CONFIGS:
+            ratios = [t / b for t, b in zip(times[config], base, strict=True)]
+            print(f"  {config:42s} epoch {statistics.median(times[config]):6.3f} s"
+                  f"  ratio {statistics.median(ratios):.3f}")  # fmt: skip
+
+
+def depth_cost(steps, log_root, rounds):
+    """Time per step with the real step logged every step, and without."""
+    print("\nCost of a logged step against depth (width 128, batch 128, every step):")
+    print(f"  {'layers':>6s} {'plain ms':>9s} {'logged ms':>10s} {'ratio':>6s}")
+    for depth in (10, 50, 100):
+        times = {"plain": [], "logged": []}
+        for r in range(rounds):
+            for kind in ("plain", "logged") if r % 2 == 0 else ("logged", "plain"):
+                cbs = (
+                    []
+                    if kind == "plain"
+                    else [keras_fanin.GradientHealth(
+                        os.path.join(log_root, f"depth{depth}_{r}"), every_n_steps=1)]
+                )  # fmt: skip
+                seconds, _ = epoch_time(
+                    lambda d=depth: mlp(d, 128, 128), lambda rng, n: rng.normal(
+                        size=(n, 128)).astype("float32"), "no callback", steps, None
+                ) if kind == "plain" else _timed(depth, steps, cbs)  # fmt: skip
+                times[kind].append(seconds / steps)
+        plain, logged = (statistics.median(times[k]) for k in ("plain", "logged"))
+        print(f"  {depth:6d} {plain * 1e3:9.2f} {logged * 1e3:10.2f} "
+              f"{logged / plain:6.3f}")  # fmt: skip
+
+
+def _timed(depth, steps, callbacks):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(steps * BATCH, 128)).astype("float32")
+    y = rng.integers(0, 10, size=(steps * BATCH,))
+    model = mlp(depth, 128, 128)
+    model.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
+    timer = EpochTimer()
+    model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0,
+              callbacks=[*callbacks, timer])  # fmt: skip
+    return timer.last, None
+
+
+def rss_mb():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def memory(steps, log_root):
+    """Resident memory over `steps` logged steps (every step, small MLP)."""
+
+    class Rss(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.samples = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.samples.append(rss_mb())
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500 * 32, 32)).astype("float32")
+    y = rng.integers(0, 10, size=(500 * 32,))
+    model = mlp(4, 64, 32)
+    model.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
+    rss = Rss()
+    health = keras_fanin.GradientHealth(log_root, every_n_steps=1)
+    model.fit(x, y, batch_size=32, epochs=steps // 500, verbose=0,
+              callbacks=[health, rss])  # fmt: skip
+    print(f"\nMemory over {steps} logged steps (RSS after each 500, MB): "
+          + " ".join(f"{m:.0f}" for m in rss.samples))  # fmt: skip
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run")
     args = parser.parse_args()
-    rounds, steps = (1, 20) if args.quick else (7, 200)
-    configs = [
-        "no callback",
-        "GradientHealth (defaults)",
-        "GradientHealth every_n_steps=1",
-        "Keras TensorBoard(histogram_freq=1)",
-    ]
-    times = {c: [] for c in configs}
+    rounds = 1 if args.quick else 5
     with tempfile.TemporaryDirectory() as log_root:
-        for r in range(rounds):
-            order = configs if r % 2 == 0 else configs[::-1]
-            for config in order:
-                times[config].append(
-                    second_epoch_time(
-                        config, 8, 512, steps, os.path.join(log_root, str(r))
-                    )
-                )
-        print(f"8x512 ReLU MLP, batch {BATCH}, {steps} steps/epoch, second epoch, "
-              f"{rounds} interleaved rounds")  # fmt: skip
-        base = times["no callback"]
-        for config in configs:
-            ratios = [t / b for t, b in zip(times[config], base, strict=True)]
-            epoch = statistics.median(times[config])
-            print(f"  {config:38s} median epoch {epoch:6.3f} s"
-                  f"  ratio {statistics.median(ratios):.3f}")  # fmt: skip
-
-        print("\nCost of one measurement vs depth (width 128, probe batch 128):")
-        print(f"  {'layers':>6s} {'setup s':>8s} {'probe ms':>9s} {'step ms':>8s} "
-              f"{'probe/step':>10s}")  # fmt: skip
-        for depth in (10, 50, 100):
-            setup, probe, step = probe_cost(
-                depth, 128, os.path.join(log_root, f"d{depth}"), 5 if args.quick else 30
-            )
-            print(f"  {depth:6d} {setup:8.2f} {probe * 1e3:9.2f} {step * 1e3:8.2f} "
-                  f"{probe / step:10.2f}")  # fmt: skip
+        compare(rounds, args.quick, log_root)
+        depth_cost(10 if args.quick else 50, log_root, 1 if args.quick else 3)
+        memory(1000 if args.quick else 5000, os.path.join(log_root, "memory"))
 
 
 if __name__ == "__main__":

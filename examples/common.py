@@ -52,6 +52,6 @@ def signal(health, name):
     prefix = f"{name}/"
     return {
         tag[len(prefix) :]: series
-        for tag, series in health.history.items()
+        for tag, series in health.probe_history.items()
         if tag.startswith(prefix)
     }

@@ -94,7 +94,10 @@ def run(
         )
         log_dir = os.path.join(log_root, name)
         health = keras_fanin.GradientHealth(
-            log_dir, (x_train[:256], y_train[:256]), every_n_steps=10
+            log_dir,
+            (x_train[:256], y_train[:256]),
+            every_n_steps=None,
+            probe_every_n_steps=10,
         )
         _, messages = fit_with_health(
             model, health, x_train, y_train, batch_size=32, epochs=epochs

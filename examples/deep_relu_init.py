@@ -94,7 +94,7 @@ def read_grad_norms(log_dir):
     from tensorboard.util import tensor_util
 
     acc = event_accumulator.EventAccumulator(
-        os.path.join(log_dir, "gradient_health"),
+        os.path.join(log_dir, "gradient_health", "probe"),
         size_guidance={event_accumulator.TENSORS: 0},
     )
     acc.Reload()
@@ -149,7 +149,8 @@ def train(
     health = keras_fanin.GradientHealth(
         log_dir,
         (x_train[:256], y_train[:256]),
-        every_n_steps=50,
+        every_n_steps=None,
+        probe_every_n_steps=50,
         stop_on_nonfinite=True,
     )
     start = time.perf_counter()
@@ -167,7 +168,9 @@ def train(
     if verbose:
         print(f"  ({seconds:.0f} s)")
     val_loss, val_accuracy = model.evaluate(x_val, y_val, verbose=0)
-    nonfinite = [s for s, v in health.history["probe_loss"] if not math.isfinite(v)]
+    nonfinite = [
+        s for s, v in health.probe_history["probe_loss"] if not math.isfinite(v)
+    ]
     norms = read_grad_norms(log_dir)
     return {
         "activation_std": stds,

@@ -86,7 +86,10 @@ def run(
         model = build(gain, depth, width)
         log_dir = os.path.join(log_root, f"gain_{gain:g}")
         health = keras_fanin.GradientHealth(
-            log_dir, (x_train[:256], y_train[:256]), every_n_steps=20
+            log_dir,
+            (x_train[:256], y_train[:256]),
+            every_n_steps=None,
+            probe_every_n_steps=20,
         )
         history, messages = fit_with_health(
             model,

@@ -12,7 +12,7 @@ from keras_fanin._initializers import FanScaling, He, LeCun, Xavier
 from keras_fanin.version import __version__
 
 if TYPE_CHECKING:
-    from keras_fanin._gradient_health import GradientHealth, GradientHealthWarning
+    from keras_fanin.health import GradientHealth, GradientHealthWarning
 
 __all__ = [
     "FanScaling",
@@ -29,7 +29,7 @@ __all__ = [
 
 def __getattr__(name):
     if name in ("GradientHealth", "GradientHealthWarning"):
-        from keras_fanin import _gradient_health
+        from keras_fanin import health
 
-        return getattr(_gradient_health, name)
+        return getattr(health, name)
     raise AttributeError(f"module 'keras_fanin' has no attribute {name!r}")

@@ -41,7 +41,11 @@ def _accumulator(log_dir, run):
     return acc
 
 
-def read_scalars(log_dir, run="gradient_health"):
+TRAIN = "gradient_health/train"
+PROBE = "gradient_health/probe"
+
+
+def read_scalars(log_dir, run=TRAIN):
     """Reads every scalar of a run with TensorBoard's own event reader.
 
     Returns `{tag: [(step, value), ...]}` (TF2 summaries are stored as tensors).
@@ -59,7 +63,7 @@ def read_scalars(log_dir, run="gradient_health"):
     }
 
 
-def custom_scalars_layout(log_dir, run="gradient_health"):
+def custom_scalars_layout(log_dir, run=TRAIN):
     """The custom-scalars layout proto written into a run, or None."""
     from tensorboard.plugins.custom_scalar import layout_pb2
     from tensorboard.util import tensor_util

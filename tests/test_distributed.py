@@ -29,7 +29,8 @@ def run(log_dir, strategy, fit_in_scope=True):
                                kernel_initializer=keras_fanin.Xavier(seed=2)),
         ])
         model.compile(keras.optimizers.SGD(0.1), "binary_crossentropy")
-    health = keras_fanin.GradientHealth(log_dir, (x[:64], y[:64]), every_n_steps=2)
+    health = keras_fanin.GradientHealth(log_dir, (x[:64], y[:64]), every_n_steps=1,
+                                        probe_every_n_steps=2)
     fit = lambda: model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0,
                             callbacks=[health])
     if fit_in_scope:
@@ -39,8 +40,10 @@ def run(log_dir, strategy, fit_in_scope=True):
             fit()
     else:
         fit()
-    files = os.listdir(os.path.join(log_dir, "gradient_health"))
-    return {"history": health.history, "files": len(files),
+    files = [f for run in ("train", "probe")
+             for f in os.listdir(os.path.join(log_dir, "gradient_health", run))]
+    return {"history": health.history, "probe": health.probe_history,
+            "files": len(files),
             "replicas": strategy.num_replicas_in_sync}
 
 out = {
@@ -63,10 +66,21 @@ def test_mirrored_strategy_matches_single_device(tmp_path):
     assert single["replicas"] == 1
     for mirrored in (result["mirrored"], result["mirrored_outside"]):
         assert mirrored["replicas"] == 2
-        assert mirrored["files"] == 1  # one writer
-        assert set(mirrored["history"]) == set(single["history"])
-        for tag, series in single["history"].items():
-            other = mirrored["history"][tag]
+        assert mirrored["files"] == 2  # one writer per run
+        # The probe: every replica measures the whole probe batch.
+        assert set(mirrored["probe"]) == set(single["probe"])
+        for tag, series in single["probe"].items():
+            other = mirrored["probe"][tag]
             assert [s for s, _ in other] == [s for s, _ in series] == [0, 2, 4, 6, 8]
+            for (_, a), (_, b) in zip(other, series, strict=True):
+                assert a == pytest.approx(b, rel=1e-4, abs=1e-7), tag
+        # The real step: gradients after the all-reduce equal the single-device
+        # gradients of the global batch; so do updates and weights. Activation
+        # signals are the first replica's half batch: not compared.
+        for tag, series in single["history"].items():
+            if not tag.startswith(("grad_norm/", "update_ratio/", "weight_norm/")):
+                continue
+            other = mirrored["history"][tag]
+            assert [s for s, _ in other] == [s for s, _ in series] == list(range(8))
             for (_, a), (_, b) in zip(other, series, strict=True):
                 assert a == pytest.approx(b, rel=1e-4, abs=1e-7), tag

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import keras_fanin
 from keras_fanin import GradientHealth, GradientHealthWarning
-from tests.helpers import custom_scalars_layout, read_scalars
+from tests.helpers import PROBE, custom_scalars_layout, read_scalars
 
 FEATURES = 20
 
@@ -82,9 +82,9 @@ def test_signals_tags_values_and_warnings(tmp_path, data):
     x, y = data
     probe = (x[:128], y[:128])
     model = diagnostic_model()
-    health = GradientHealth(tmp_path, probe, every_n_steps=3)
+    health = GradientHealth(tmp_path, probe, every_n_steps=None, probe_every_n_steps=3)
     caught = fit(model, data, health, epochs=2)
-    scalars = read_scalars(tmp_path)
+    scalars = read_scalars(tmp_path, PROBE)
 
     weighted = ["healthy", "dead", "linear", "saturated", "out"]
     expected = (
@@ -101,7 +101,7 @@ def test_signals_tags_values_and_warnings(tmp_path, data):
     for tag, series in scalars.items():
         assert [s for s, _ in series] == steps, tag
         np.testing.assert_allclose(
-            [v for _, v in series], [v for _, v in health.history[tag]], rtol=1e-6
+            [v for _, v in series], [v for _, v in health.probe_history[tag]], rtol=1e-6
         )
 
     last = {tag: series[-1][1] for tag, series in scalars.items()}
@@ -151,9 +151,11 @@ def test_leaky_relus_use_the_dead_rule_but_are_never_called_dead(tmp_path, data)
                               name="dead_relu")(healthy)  # fmt: skip
     merged = keras.layers.Concatenate()([stuck, layer_form, relu_form, dead])
     model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(merged))
-    health = GradientHealth(tmp_path, (data[0][:128], data[1][:128]))
+    health = GradientHealth(
+        tmp_path, (data[0][:128], data[1][:128]), every_n_steps=None
+    )
     caught = fit(model, data, health)
-    last = {tag: series[-1][1] for tag, series in read_scalars(tmp_path).items()}
+    last = {tag: series[-1][1] for tag, series in read_scalars(tmp_path, PROBE).items()}
 
     for name in ["stuck_leaky", "leaky_layer", "relu_slope", "dead_relu"]:
         assert last[f"dead_relu_fraction/{name}"] == 1.0, name
@@ -166,18 +168,23 @@ def test_leaky_relus_use_the_dead_rule_but_are_never_called_dead(tmp_path, data)
 
 
 def test_custom_scalars_layout_groups_each_signal(tmp_path, data):
-    fit(diagnostic_model(), data, GradientHealth(tmp_path, data, every_n_steps=50))
-    layout = custom_scalars_layout(tmp_path)
+    fit(
+        diagnostic_model(),
+        data,
+        GradientHealth(tmp_path, data, every_n_steps=None, probe_every_n_steps=50),
+    )
+    layout = custom_scalars_layout(tmp_path, PROBE)
     charts = {c.title: list(c.multiline.tag) for c in layout.category[0].chart}
     assert charts["grad_norm"] == [r"^grad_norm/"]
     assert set(charts) >= {"grad_norm", "activation_std", "dead_relu_fraction"}
 
 
 def test_traced_once_and_one_event_file(tmp_path, data):
-    health = GradientHealth(tmp_path, data, every_n_steps=2)
+    health = GradientHealth(tmp_path, data, every_n_steps=None, probe_every_n_steps=2)
     fit(diagnostic_model(), data, health, epochs=2)
-    assert health._fn.experimental_get_tracing_count() == 1
-    assert len(os.listdir(tmp_path / "gradient_health")) == 1
+    assert health._probe._fn.experimental_get_tracing_count() == 1
+    assert os.listdir(tmp_path / "gradient_health") == ["probe"]
+    assert len(os.listdir(tmp_path / "gradient_health" / "probe")) == 1
 
 
 def test_activation_std_follows_depth_with_bad_scale(tmp_path, data):
@@ -189,9 +196,9 @@ def test_activation_std_follows_depth_with_bad_scale(tmp_path, data):
             kernel_initializer=keras_fanin.He(gain=1.5, seed=keras.random.SeedGenerator(i)),
         ))  # fmt: skip
     layers.append(keras.layers.Dense(1, activation="sigmoid", name="out"))
-    health = GradientHealth(tmp_path, data, every_n_steps=100)
+    health = GradientHealth(tmp_path, data, every_n_steps=None, probe_every_n_steps=100)
     fit(keras.Sequential(layers), data, health, batch_size=256)
-    stds = [health.history[f"activation_std/d{i}"][0][1] for i in range(12)]
+    stds = [health.probe_history[f"activation_std/d{i}"][0][1] for i in range(12)]
     growth = (stds[-1] / stds[1]) ** (1 / 10)
     assert 1.3 < growth < 1.7
 
@@ -210,11 +217,13 @@ def test_functional_nested_and_subclassed_models(tmp_path, data):
     h = inner(h)
     outputs = keras.layers.Dense(1, activation="sigmoid", name="head")(h)
     functional = keras.Model(inputs, outputs)
-    health = GradientHealth(tmp_path / "functional", data, every_n_steps=100)
+    health = GradientHealth(
+        tmp_path / "functional", data, every_n_steps=None, probe_every_n_steps=100
+    )
     fit(functional, data, health)
     assert {"dead_relu_fraction/relu_layer", "dead_relu_fraction/inner_relu",
             "grad_norm/inner_relu", "grad_norm/stem", "saturated_sigmoid_fraction/head",
-            } <= set(read_scalars(tmp_path / "functional"))  # fmt: skip
+            } <= set(read_scalars(tmp_path / "functional", PROBE))  # fmt: skip
 
     class Net(keras.Model):
         def __init__(self):
@@ -233,9 +242,11 @@ def test_functional_nested_and_subclassed_models(tmp_path, data):
 
     net = Net()
     net(data[0][:2])
-    health = GradientHealth(tmp_path / "subclassed", data, every_n_steps=100)
+    health = GradientHealth(
+        tmp_path / "subclassed", data, every_n_steps=None, probe_every_n_steps=100
+    )
     fit(net, data, health)
-    scalars = read_scalars(tmp_path / "subclassed")
+    scalars = read_scalars(tmp_path / "subclassed", PROBE)
     assert scalars["dead_relu_fraction/sub_dead"][-1][1] == 1.0
     assert "saturated_sigmoid_fraction/sub_sigmoid" in scalars
     assert "grad_norm/sub_head" in scalars
@@ -248,16 +259,22 @@ def test_functional_nested_and_subclassed_models(tmp_path, data):
 def test_sample_weights_in_probe(tmp_path, data):
     x, y = data
     weights = np.where(np.arange(len(x)) % 2 == 0, 1.0, 0.0).astype("float32")
-    health = GradientHealth(tmp_path, (x, y, weights), every_n_steps=100)
+    health = GradientHealth(
+        tmp_path, (x, y, weights), every_n_steps=None, probe_every_n_steps=100
+    )
     model = diagnostic_model()
     fit(model, data, health)
-    half = GradientHealth(tmp_path / "half", (x[::2], y[::2]), every_n_steps=100)
+    half = GradientHealth(
+        tmp_path / "half", (x[::2], y[::2]), every_n_steps=None, probe_every_n_steps=100
+    )
     half.set_model(model)
-    half._prepare()
-    vector = half._fn(*half._probe).numpy()
+    half._probe.prepare(model)
+    _, _, half_loss = half._probe.measure()
     # Zero-weighted examples change the mean's denominator only: the weighted
     # loss over all examples is half of the loss over the weighted half.
-    assert health.history["probe_loss"][-1][1] == pytest.approx(vector[0] / 2, rel=1e-5)
+    assert health.probe_history["probe_loss"][-1][1] == pytest.approx(
+        half_loss / 2, rel=1e-5
+    )
 
 
 def test_nonfinite_values_warn_once_keep_logs_and_training_goes_on(tmp_path, data):
@@ -269,7 +286,7 @@ def test_nonfinite_values_warn_once_keep_logs_and_training_goes_on(tmp_path, dat
         keras.layers.Dense(1, name="b"),
     ])  # fmt: skip
     model.compile(keras.optimizers.SGD(1e6), "mse")
-    health = GradientHealth(tmp_path, (x, y), every_n_steps=1)
+    health = GradientHealth(tmp_path, (x, y), every_n_steps=None, probe_every_n_steps=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         history = model.fit(
@@ -281,7 +298,7 @@ def test_nonfinite_values_warn_once_keep_logs_and_training_goes_on(tmp_path, dat
     message = str(nonfinite[0].message)
     assert "'a'" in message or "'b'" in message
     assert "NaN" in message or "inf" in message
-    scalars = read_scalars(tmp_path)
+    scalars = read_scalars(tmp_path, PROBE)
     steps = [s for s, _ in scalars["grad_norm/a"]]
     assert steps == list(range(25))  # every step kept, 24 steps + the start
     assert math.isfinite(scalars["grad_norm/a"][0][1])
@@ -293,7 +310,13 @@ def test_stop_on_nonfinite(tmp_path, data):
     y = (x[:, :1] * 1e3).astype("float32")
     model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(1)])
     model.compile(keras.optimizers.SGD(1e6), "mse")
-    health = GradientHealth(tmp_path, (x, y), every_n_steps=1, stop_on_nonfinite=True)
+    health = GradientHealth(
+        tmp_path,
+        (x, y),
+        every_n_steps=None,
+        probe_every_n_steps=1,
+        stop_on_nonfinite=True,
+    )
     with pytest.warns(GradientHealthWarning, match="stopping training"):
         model.fit(x, y, batch_size=32, epochs=5, verbose=0, callbacks=[health])
     assert int(model.optimizer.iterations.numpy()) < 5 * 8
@@ -307,12 +330,12 @@ def test_interrupted_training_keeps_what_was_logged(tmp_path, data):
 
     model = diagnostic_model()
     model.compile("sgd", "binary_crossentropy")
-    health = GradientHealth(tmp_path, data, every_n_steps=2)
+    health = GradientHealth(tmp_path, data, every_n_steps=None, probe_every_n_steps=2)
     with pytest.raises(KeyboardInterrupt):
         model.fit(
             *data, batch_size=32, epochs=3, verbose=0, callbacks=[health, Interrupt()]
         )
-    steps = [s for s, _ in read_scalars(tmp_path)["grad_norm/healthy"]]
+    steps = [s for s, _ in read_scalars(tmp_path, PROBE)["grad_norm/healthy"]]
     assert steps == [0, 2, 4, 6]
 
 
@@ -338,8 +361,8 @@ def test_probe_that_does_not_fit_fails_before_the_first_step(tmp_path, data):
 
 def test_dataset_probe_takes_its_first_batch(tmp_path, data):
     ds = tf.data.Dataset.from_tensor_slices(data).batch(64)
-    health = GradientHealth(tmp_path, ds, every_n_steps=100)
-    assert int(health._probe[0].shape[0]) == 64
+    health = GradientHealth(tmp_path, ds, every_n_steps=None, probe_every_n_steps=100)
+    assert int(health._probe.batch[0].shape[0]) == 64
 
 
 @pytest.mark.parametrize(

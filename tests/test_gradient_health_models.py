@@ -15,8 +15,9 @@ import pytest
 import tensorflow as tf
 
 import keras_fanin
-from keras_fanin import GradientHealth, GradientHealthWarning, _gradient_health
-from tests.helpers import read_scalars, run_python
+from keras_fanin import GradientHealth, GradientHealthWarning
+from keras_fanin.health import _callback
+from tests.helpers import PROBE, read_scalars, run_python
 
 FEATURES = 8
 
@@ -77,32 +78,32 @@ def assert_norms_match(scalars, model, probe, **kwargs):
 
 def test_second_fit_after_freeze_unfreeze_and_recompile(tmp_path, data):
     model = mlp()
-    health = GradientHealth(tmp_path, data, every_n_steps=2)
+    health = GradientHealth(tmp_path, data, every_n_steps=None, probe_every_n_steps=2)
     model.layers[0].trainable = False
     model.compile(keras.optimizers.SGD(0.05), "binary_crossentropy")
     fit(model, data, health)  # 4 steps
-    assert "grad_norm/h1" not in health.history
+    assert "grad_norm/h1" not in health.probe_history
     model.layers[0].trainable = True
     model.compile(keras.optimizers.SGD(0.05), "binary_crossentropy")
     fit(model, data, health)  # a new optimizer: steps restart at 0
     fit(model, data, health)  # the same compiled model again: steps go on
-    scalars = read_scalars(tmp_path)
+    scalars = read_scalars(tmp_path, PROBE)
     assert [s for s, _ in scalars["grad_norm/h1"]] == [0, 2, 4, 6, 8]
     assert [s for s, _ in scalars["grad_norm/h2"]] == [0, 2, 4, 0, 2, 4, 6, 8]
     assert_norms_match(scalars, model, data)
     # One event file per fit(), all in the one run.
-    assert len(os.listdir(tmp_path / "gradient_health")) == 3
+    assert len(os.listdir(tmp_path / "gradient_health" / "probe")) == 3
 
 
 def test_callback_reused_on_another_model_measures_that_model(tmp_path, data):
-    health = GradientHealth(tmp_path, data, every_n_steps=100)
+    health = GradientHealth(tmp_path, data, every_n_steps=None, probe_every_n_steps=100)
     first = mlp("first", ("a1", "a2"))
     first.compile("sgd", "binary_crossentropy")
     fit(first, data, health)
     second = mlp("second", ("b1", "b2", "b3"))
     second.compile("sgd", "binary_crossentropy")
     fit(second, data, health)
-    scalars = read_scalars(tmp_path)
+    scalars = read_scalars(tmp_path, PROBE)
     assert {"grad_norm/b1", "grad_norm/b3", "dead_relu_fraction/b3"} <= set(scalars)
     assert_norms_match(scalars, second, data)
 
@@ -126,9 +127,11 @@ def test_unbuilt_subclassed_and_input_less_sequential(tmp_path, data):
     ]:  # fmt: skip
         assert not model.built
         model.compile("sgd", "binary_crossentropy")
-        health = GradientHealth(tmp_path / name, data, every_n_steps=2)
+        health = GradientHealth(
+            tmp_path / name, data, every_n_steps=None, probe_every_n_steps=2
+        )
         fit(model, data, health)
-        scalars = read_scalars(tmp_path / name)
+        scalars = read_scalars(tmp_path / name, PROBE)
         assert {"grad_norm/sub_hidden", "grad_norm/sub_out",
                 "dead_relu_fraction/sub_hidden"} <= set(scalars), name  # fmt: skip
         assert_norms_match(scalars, model, data)
@@ -155,7 +158,10 @@ def test_batchnorm_probe_in_training_mode_changes_no_state(tmp_path, data):
     x, y = data
     shifted = (x * 5.0 + 3.0, y)  # far from the untrained moving statistics
     trained = []
-    for health in (None, GradientHealth(tmp_path, shifted, every_n_steps=1)):
+    for health in (
+        None,
+        GradientHealth(tmp_path, shifted, every_n_steps=None, probe_every_n_steps=1),
+    ):
         keras.utils.set_random_seed(7)
         model = bn_net()
         model.fit(*shifted, batch_size=32, epochs=2, verbose=0, shuffle=False,
@@ -171,9 +177,11 @@ def test_batchnorm_probe_in_training_mode_changes_no_state(tmp_path, data):
     for layer in model.layers:
         if isinstance(layer, keras.layers.Dropout):
             layer.rate = 0.0
-    health = GradientHealth(tmp_path / "nodrop", shifted, every_n_steps=100)
+    health = GradientHealth(
+        tmp_path / "nodrop", shifted, every_n_steps=None, probe_every_n_steps=100
+    )
     fit(model, shifted, health)
-    assert_norms_match(read_scalars(tmp_path / "nodrop"), model, shifted)
+    assert_norms_match(read_scalars(tmp_path / "nodrop", PROBE), model, shifted)
 
 
 def test_advice_names_only_layers_with_a_kernel(tmp_path, data):
@@ -190,7 +198,11 @@ def test_advice_names_only_layers_with_a_kernel(tmp_path, data):
                keras.layers.Dense(1, activation="sigmoid", name="out")]  # fmt: skip
     model = keras.Sequential(layers)
     model.compile(keras.optimizers.SGD(1e-4), "binary_crossentropy")
-    messages = fit(model, data, GradientHealth(tmp_path, data, every_n_steps=100))
+    messages = fit(
+        model,
+        data,
+        GradientHealth(tmp_path, data, every_n_steps=None, probe_every_n_steps=100),
+    )
     depth = [m for m in messages if "vanishing gradients" in m]
     assert len(depth) == 1
     assert "first layer 'd0'" in depth[0] and "last layer 'out'" in depth[0]
@@ -205,7 +217,13 @@ def test_nan_kernel_is_reported_as_nan_and_stops(tmp_path, data):
     model.compile("sgd", "binary_crossentropy")
     kernel = model.get_layer("h2").kernel
     kernel.assign(np.full(kernel.shape, np.nan, "float32"))
-    health = GradientHealth(tmp_path, data, every_n_steps=1, stop_on_nonfinite=True)
+    health = GradientHealth(
+        tmp_path,
+        data,
+        every_n_steps=None,
+        probe_every_n_steps=1,
+        stop_on_nonfinite=True,
+    )
     messages = fit(model, data, health, epochs=3)
     assert len(messages) == 1, messages
     assert "NaN in the weights of layer 'h2'" in messages[0]
@@ -228,12 +246,12 @@ def test_multi_output_dict_model_with_dataset_and_dict_sample_weight(tmp_path, d
     ys = {"cls": y, "reg": x[:, :1]}
     weights = {"cls": np.ones(len(x), "float32"), "reg": np.zeros(len(x), "float32")}
     probe = ({"features": x}, ys, weights)
-    health = GradientHealth(tmp_path, probe, every_n_steps=2)
+    health = GradientHealth(tmp_path, probe, every_n_steps=None, probe_every_n_steps=2)
     dataset = tf.data.Dataset.from_tensor_slices(({"features": x}, ys, weights))
     messages = fit(model, (dataset.batch(32),), health, batch_size=None)
     # The zero-weighted head has no gradient: no "exploding" by division by 0.
     assert messages == []
-    scalars = read_scalars(tmp_path)
+    scalars = read_scalars(tmp_path, PROBE)
     assert {"grad_norm/trunk", "grad_norm/cls", "grad_norm/reg"} <= set(scalars)
     # The zero-weighted output has no gradient; the probe loss is Keras's own.
     assert scalars["grad_norm/reg"][-1][1] == 0.0
@@ -265,9 +283,15 @@ def test_remote_log_dir_goes_through_gfile_and_creates_nothing_local(
     # ram:// is TensorFlow's in-memory file system: a real remote-style path.
     model = mlp()
     model.compile("sgd", "binary_crossentropy")
-    fit(model, data, GradientHealth("ram://health/logs", data, every_n_steps=2))
+    fit(
+        model,
+        data,
+        GradientHealth(
+            "ram://health/logs", data, every_n_steps=None, probe_every_n_steps=2
+        ),
+    )
     assert os.listdir(tmp_path) == []
-    scalars = read_scalars("ram://health/logs")
+    scalars = read_scalars("ram://health/logs", PROBE)
     assert [s for s, _ in scalars["grad_norm/h1"]] == [0, 2, 4]
 
 
@@ -286,13 +310,13 @@ def test_dataset_probe_errors_say_what_to_do(tmp_path, data, make, error, messag
 
 
 def test_history_is_capped(tmp_path, data, monkeypatch):
-    monkeypatch.setattr(_gradient_health, "HISTORY_LIMIT", 3)
+    monkeypatch.setattr(_callback, "HISTORY_LIMIT", 3)
     model = mlp()
     model.compile("sgd", "binary_crossentropy")
-    health = GradientHealth(tmp_path, data, every_n_steps=1)
+    health = GradientHealth(tmp_path, data, every_n_steps=None, probe_every_n_steps=1)
     fit(model, data, health, epochs=2)  # 8 steps: 9 points
-    assert [s for s, _ in health.history["grad_norm/h1"]] == [6, 7, 8]
-    assert len(read_scalars(tmp_path)["grad_norm/h1"]) == 9  # the files keep all
+    assert [s for s, _ in health.probe_history["grad_norm/h1"]] == [6, 7, 8]
+    assert len(read_scalars(tmp_path, PROBE)["grad_norm/h1"]) == 9  # the files keep all
 
 
 def test_other_backends_get_a_clear_error_for_now():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import keras_fanin
-from tests.helpers import read_scalars
+from tests.helpers import PROBE, TRAIN, read_scalars
 
 
 def free_port():
@@ -40,9 +40,11 @@ def test_scalars_through_tensorboard_http_api(tmp_path):
         keras.layers.Dense(1, activation="sigmoid", name="out"),
     ])  # fmt: skip
     model.compile("sgd", "binary_crossentropy")
-    health = keras_fanin.GradientHealth(tmp_path, (x, y), every_n_steps=2)
+    health = keras_fanin.GradientHealth(
+        tmp_path, (x, y), every_n_steps=1, probe_every_n_steps=2
+    )
     model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[health])
-    expected = read_scalars(tmp_path)
+    expected = {run: read_scalars(tmp_path, run) for run in (TRAIN, PROBE)}
 
     port = free_port()
     server = subprocess.Popen(
@@ -52,32 +54,42 @@ def test_scalars_through_tensorboard_http_api(tmp_path):
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}/data/plugin/scalars"
     try:
-        deadline, tags = time.monotonic() + 90, {}
+        deadline, served = time.monotonic() + 90, {}
         while time.monotonic() < deadline:
             assert server.poll() is None, "tensorboard exited"
             try:
-                tags = get_json(f"{base}/tags").get("gradient_health", {})
+                served = get_json(f"{base}/tags")
             except OSError:
-                tags = {}
-            if set(tags) == set(expected):
+                served = {}
+            if all(set(served.get(r, {})) == set(expected[r]) for r in expected):
                 break
             time.sleep(0.5)
-        assert set(tags) == set(expected)
-        for tag in ("grad_norm/hidden", "dead_relu_fraction/hidden", "probe_loss"):
-            query = urllib.parse.urlencode({"run": "gradient_health", "tag": tag})
+        for run in expected:
+            assert set(served.get(run, {})) == set(expected[run]), run
+        for run, tag in [
+            (TRAIN, "grad_norm/hidden"), (TRAIN, "update_ratio/out"),
+            (TRAIN, "dead_relu_fraction/hidden"), (PROBE, "grad_norm/hidden"),
+            (PROBE, "probe_loss"),
+        ]:  # fmt: skip
+            query = urllib.parse.urlencode({"run": run, "tag": tag})
             series = get_json(f"{base}/scalars?{query}")
             assert [(step, value) for _, step, value in series] == [
-                (step, pytest.approx(value, rel=1e-6)) for step, value in expected[tag]
+                (step, pytest.approx(value, rel=1e-6))
+                for step, value in expected[run][tag]
             ]
+        tags = set(served[TRAIN]) | set(served[PROBE])
         layout = get_json(f"http://127.0.0.1:{port}/data/plugin/custom_scalars/layout")
         charts = layout["category"][0]["chart"]
         assert {c["title"] for c in charts} == {
-            "grad_norm", "activation_std", "dead_relu_fraction",
-            "saturated_sigmoid_fraction", "saturated_tanh_fraction", "probe_loss",
+            "grad_norm", "update_ratio", "weight_norm", "activation_std",
+            "dead_relu_fraction", "saturated_sigmoid_fraction",
+            "saturated_tanh_fraction", "clip", "probe_loss",
         }  # fmt: skip
         # Every chart shows exactly the tags of its signal (the probe_loss
         # chart was once empty: its pattern wanted a '/' the tag lacks).
         for chart in charts:
+            if chart["title"] == "clip":
+                continue  # no clipping configured here: checked in test_step
             (pattern,) = chart["multiline"]["tag"]
             shown = {t for t in tags if re.search(pattern, t)}
             title = chart["title"]

@@ -1,0 +1,203 @@
+"""Thresholds, warnings and the fix each warning advises.
+
+Fed one measurement at a time, from the real training step or from the probe:
+`{tag: value}` for the logged signals, and the non-finite codes per layer. The
+advice names initializers from the same gain table and fan rule the
+initializers use (`keras_fanin._gains`, `keras_fanin._fans`).
+"""
+
+import math
+import warnings
+
+import keras
+import numpy as np
+
+from keras_fanin._fans import compute_fans, fan_for_mode
+from keras_fanin._gains import calculate_gain, recommended_initializer
+from keras_fanin._initializers import FanScaling
+from keras_fanin.health._stats import describe_nonfinite
+from keras_fanin.health._units import RELUS
+
+# Documented warning thresholds (see GradientHealth's docstring).
+DEAD_WARN_FRACTION = 0.5
+SATURATED_WARN_FRACTION = 0.5
+DEPTH_RATIO_WARN = 1e3
+
+
+class GradientHealthWarning(UserWarning):
+    """A warning from `GradientHealth` about a layer that does not train well."""
+
+
+def _initial_std(initializer, shape):
+    """The std `initializer` draws for `shape`, or None when it does not say."""
+    if isinstance(initializer, FanScaling):
+        return initializer.stddev(shape)
+    if isinstance(initializer, keras.initializers.VarianceScaling):
+        fan_in, fan_out = compute_fans(shape)
+        fan = fan_for_mode(fan_in, fan_out, initializer.mode)
+        return math.sqrt(initializer.scale / fan)
+    if isinstance(initializer, keras.initializers.RandomNormal):
+        return float(initializer.stddev)
+    if isinstance(initializer, keras.initializers.RandomUniform):
+        return (initializer.maxval - initializer.minval) / math.sqrt(12)
+    return None
+
+
+def kernel_advice(layer, activation, initializer):
+    """Advice on a layer's kernel from the fan rule and the gain table.
+
+    Judges the std the layer's `kernel_initializer` drew, when it says so,
+    rather than the kernel now: by the time a unit dies, training has moved
+    the kernel away from its initial scale. A layer without a kernel (an
+    `Activation`, `ReLU`, or a normalization layer) gets no kernel advice:
+    what feeds it may be normalised, so no initializer can be blamed.
+    """
+    kernel = getattr(layer, "kernel", None)
+    if kernel is None:
+        return ""
+    shape = tuple(kernel.shape)
+    fan_in, _ = compute_fans(shape)
+    target = calculate_gain(activation) / math.sqrt(max(1, fan_in))
+    actual = _initial_std(getattr(layer, "kernel_initializer", None), shape)
+    if actual is None:
+        actual = float(np.std(keras.ops.convert_to_numpy(kernel)))
+        what = "Its kernel std is"
+    else:
+        what = "Its kernel was initialised with std"
+    if abs(actual / target - 1) < 0.15:
+        return (
+            f" {what} {actual:.3g}, already the fan-in rule for {activation!r} "
+            f"(fan_in={fan_in})."
+        )
+    return (
+        f" {what} {actual:.3g}; for {activation!r} and fan_in={fan_in} the "
+        f"fan-in rule gives {target:.3g}: try {initializer}."
+    )
+
+
+class Advisor:
+    """Turns measurements into warnings, once per layer and condition."""
+
+    def __init__(self, warn, stop_on_nonfinite):
+        self.warn, self.stop_on_nonfinite = warn, stop_on_nonfinite
+        self._warned = set()
+
+    def warn_once(self, key, message):
+        """A warning not tied to one measurement (e.g. a signal unavailable)."""
+        self._warn(key, message)
+
+    def _warn(self, key, message):
+        if self.warn and key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, GradientHealthWarning, stacklevel=3)
+
+    def check(self, units, step, record, codes, loss=None, where="batch"):
+        """Checks one measurement; returns True when training should stop.
+
+        Args:
+            units: the watched units, in forward order.
+            step: the step the measurement is logged at.
+            record: `{tag: value}` of the logged signals.
+            codes: `{"weights" | "activations" | "gradients": {unit: code}}`
+                of `nonfinite_code`s above 0.
+            loss: the measured loss, if any.
+            where: what the fractions are over ("batch" or "probe").
+        """
+        if self._nonfinite(units, step, codes, loss):
+            # NaN weights read as dead ReLUs (ReLU maps NaN to 0) and vanishing
+            # gradients; the NaN is the news, the rest would mislead.
+            return self.stop_on_nonfinite
+        for unit in units:
+            dead = record.get(f"dead_relu_fraction/{unit.name}")
+            if (
+                unit.activation in RELUS
+                and dead is not None
+                and dead > DEAD_WARN_FRACTION
+            ):
+                self._warn(
+                    (unit.name, "dead"),
+                    f"GradientHealth: {dead:.0%} of the ReLU units of layer "
+                    f"{unit.name!r} are dead at step {step} (zero for every "
+                    f"example of the {where}). Try a LeakyReLU with "
+                    f"{recommended_initializer('leaky_relu')} or a lower learning "
+                    "rate."
+                    + kernel_advice(
+                        unit.layer, "relu", recommended_initializer("relu")
+                    ),
+                )
+            for kind in ("sigmoid", "tanh"):
+                saturated = record.get(f"saturated_{kind}_fraction/{unit.name}")
+                if saturated is not None and saturated > SATURATED_WARN_FRACTION:
+                    self._warn(
+                        (unit.name, kind),
+                        f"GradientHealth: {saturated:.0%} of the {kind} outputs of "
+                        f"layer {unit.name!r} are saturated at step {step}, where "
+                        "their gradient vanishes. Normalise the inputs or lower the "
+                        "gain."
+                        + kernel_advice(
+                            unit.layer, kind, recommended_initializer(kind)
+                        ),
+                    )
+        self._depth(units, step, record)
+        return False
+
+    def _nonfinite(self, units, step, codes, loss):
+        first = None
+        for unit in units:  # forward order: the first layer where it appears
+            for what in ("weights", "activations"):
+                code = codes.get(what, {}).get(unit.name)
+                if code and first is None:
+                    first = (unit.name, what, describe_nonfinite(code))
+        bad_grads = codes.get("gradients", {})
+        loss_bad = loss is not None and not math.isfinite(loss)
+        if first is None and not bad_grads and not loss_bad:
+            return False
+        if first is not None:
+            name, what, kind = first
+            where = f"{kind} in the {what} of layer {name!r} (the first layer)"
+        elif bad_grads:
+            kind = " and ".join(
+                sorted({describe_nonfinite(c) for c in bad_grads.values()})
+            )
+            where = (
+                f"{kind} in the gradients of layers {list(bad_grads)}, with finite "
+                "weights and activations"
+            )
+        else:
+            where = f"the loss is {loss}"
+        self._warn(
+            ("nonfinite",),
+            f"GradientHealth: non-finite values at step {step}: {where}. A "
+            "sigmoid that rounds to exactly 1.0, exploding activations or a "
+            "too-high learning rate are the usual causes. Logs written so far "
+            "are kept" + ("; stopping training." if self.stop_on_nonfinite else "."),
+        )
+        return True
+
+    def _depth(self, units, step, record):
+        # Depth is judged on layers with a kernel, which the advice is about
+        # (a BatchNorm's scale and offset have no fan-in rule).
+        norms = [
+            (u.name, record[f"grad_norm/{u.name}"])
+            for u in units
+            if f"grad_norm/{u.name}" in record and u.has_kernel
+        ]
+        # A last layer with no gradient at all (an output weighted 0, a dead
+        # head) says nothing about depth: no ratio is taken.
+        if len(norms) < 2 or not all(math.isfinite(v) for _, v in norms):
+            return
+        (first, g_first), (last, g_last) = norms[0], norms[-1]
+        if g_last <= 0:
+            return
+        ratio = g_first / g_last
+        if ratio < 1 / DEPTH_RATIO_WARN or ratio > DEPTH_RATIO_WARN:
+            kind = "vanishing" if ratio < 1 else "exploding"
+            self._warn(
+                ("depth", kind),
+                f"GradientHealth: {kind} gradients at step {step}: the first "
+                f"layer {first!r} has gradient norm {g_first:.3g}, the last "
+                f"layer {last!r} {g_last:.3g} (ratio {ratio:.3g}). Scale each "
+                "kernel by its fan-in: keras_fanin.He() for ReLU, "
+                "keras_fanin.LeCun() for tanh/SELU, keras_fanin.Xavier() for "
+                "sigmoid and linear layers.",
+            )

@@ -1,0 +1,448 @@
+"""`GradientHealth`: the Keras lifecycle around the step hook and the probe.
+
+Data flows one way: step hook (or probe) -> on-device statistics -> (flush)
+-> history + advice + event files. See docs/design.md.
+"""
+
+import os
+
+import keras
+import numpy as np
+
+from keras_fanin._validation import check_positive_finite, check_positive_int
+from keras_fanin.health._advice import Advisor
+from keras_fanin.health._layout import SIGNALS, Layout
+from keras_fanin.health._units import find_units
+from keras_fanin.health._writer import EventWriter
+
+RUN_NAME = "gradient_health"
+TRAIN_RUN = f"{RUN_NAME}/train"
+PROBE_RUN = f"{RUN_NAME}/probe"
+# `history` keeps the newest points of each tag; the event files keep them all.
+HISTORY_LIMIT = 1000
+# Logged rows between two host reads of the step buffer (at most; every epoch
+# end and the end of training flush too). A crash loses at most these.
+FLUSH_ROWS = 64
+# One custom-scalars chart per signal: title -> the regex of its tags. Each
+# chart overlays the `train` and `probe` runs.
+CHART_PATTERNS = (
+    {signal: rf"^{signal}/" for signal in SIGNALS}
+    | {"clip": r"^clip/"}
+    | {"probe_loss": r"^probe_loss$"}
+)
+DEFAULT_EVERY_N_STEPS = 10
+
+
+def _check_log_dir(log_dir):
+    """Checks that `log_dir` can be written, creating nothing.
+
+    A remote path (`gs://`, `s3://`, `hdfs://`, `ram://`, ...) is left to the
+    event writer, which opens it through `tf.io.gfile` when training starts.
+    A local path must be a directory, or not exist yet below a writable one.
+    """
+    if not isinstance(log_dir, str | os.PathLike):
+        raise TypeError(
+            f"Argument `log_dir` must be a path (str or os.PathLike). "
+            f"Received: log_dir={log_dir!r}"
+        )
+    path = os.fspath(log_dir)
+    if "://" in path:
+        return path
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    problem = None
+    if not os.path.isdir(existing):
+        problem = f"{existing!r} is not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing!r} is not writable"
+    if problem:
+        raise ValueError(
+            f"Argument `log_dir` must be a writable directory. Received: "
+            f"log_dir={path!r}, which cannot be written ({problem})"
+        )
+    return path
+
+
+def _check_bool(name, flag):
+    if not isinstance(flag, bool):
+        raise TypeError(f"Argument `{name}` must be a bool. Received: {name}={flag!r}")
+    return flag
+
+
+def _record(history, tag, step, value):
+    series = history.setdefault(tag, [])
+    series.append((step, value))
+    if len(series) > HISTORY_LIMIT:
+        del series[0]
+
+
+class GradientHealth(keras.callbacks.Callback):
+    """Logs per-layer gradient and activation health of `fit()` to TensorBoard.
+
+    By default it watches the real training step: the gradients the optimizer
+    applies and the training forward pass, reduced on the device inside the
+    compiled train function, kept there in a small buffer and read by the host
+    once per flush (at most every 64 logged steps, at every epoch end and at
+    the end of training). Every `every_n_steps` steps it logs, per layer, into
+    the TensorBoard run `<log_dir>/gradient_health/train`, at the step number
+    (`0` is the first batch; one step = one batch, see below):
+
+    - `grad_norm/<layer>`: the L2 norm of the gradient the optimizer applies
+      to the layer's trainable weights: after the all-reduce under a
+      multi-replica strategy, unscaled under `LossScaleOptimizer` (in
+      float32), before clipping;
+    - `update_ratio/<layer>`: `||w_after - w_before|| / ||w_before||` over the
+      layer's trainable weights, for the step (about `1e-3` is the usual
+      healthy order); `weight_norm/<layer>`: `||w_after||`;
+    - `activation_std/<layer>`: the std of the layer's output in the training
+      forward pass, which grows as `1.5^L` or shrinks as `0.5^L` with depth
+      when weights are badly scaled;
+    - `dead_relu_fraction/<layer>`: for a layer whose output goes through a
+      ReLU (`activation="relu"`, `Activation("relu")`, `keras.layers.ReLU()`):
+      the fraction of its units (features, or channels of a convolution) that
+      output zero for every example and position of the batch. Leaky ReLUs
+      (`"leaky_relu"`, `LeakyReLU()`, `ReLU(negative_slope=...)`) are counted
+      by the same rule (units negative for every example) but never called
+      dead: they still pass `negative_slope` times the gradient;
+    - `saturated_sigmoid_fraction/<layer>`: for a sigmoid layer, the fraction
+      of outputs within `saturation_eps` of 0 or 1, where the derivative
+      `y (1 - y)` is below `saturation_eps`; `saturated_tanh_fraction/<layer>`:
+      for a tanh layer, the fraction with `|y| > 1 - saturation_eps`;
+    - with `clipnorm` or `global_clipnorm` set on the optimizer:
+      `clip/global_grad_norm` and `clip/factor` (1 when the step was not
+      clipped, else the factor the clipping scaled the gradient by; with
+      `clipnorm`, the smallest over the variables).
+
+    With a probe batch `data`, it also measures that fixed batch every
+    `probe_every_n_steps` steps (and at the start and end of training) with
+    one extra forward and backward pass, into the run
+    `<log_dir>/gradient_health/probe` under the same tags (`grad_norm`, the
+    activation signals) plus `probe_loss`, so TensorBoard overlays both. The
+    probe runs in training mode by default (`probe_training=True`), inside a
+    `keras.StatelessScope`, so it changes no state (BatchNorm statistics,
+    seeds); dropout is active in that mode.
+
+    What a step is: one batch, one call of the model's train step. With
+    `steps_per_execution=k` each of the `k` steps of an execution is logged at
+    its own number. With `gradient_accumulation_steps=k` the optimizer is
+    handed each batch's gradient and updates the weights every `k` batches:
+    `grad_norm` is then the batch's gradient, and `update_ratio` is 0 on the
+    batches that only accumulate.
+
+    A custom-scalars layout groups each signal into one multi-line chart. The
+    newest 1000 points of each tag are kept in Python: `history` (the real
+    step) and `probe_history` (`{tag: [(step, value), ...]}`); the event
+    files keep every point.
+
+    Layers are found in Sequential, Functional (nested too) and subclassed
+    models, built or not; activations that a subclassed model applies as
+    plain functions, not layers, are not seen, and a shared layer is measured
+    on its first call. One instance can serve several `fit()` calls, on the
+    same model (recompiled, partly frozen) or on another one. It acts in
+    `fit()` only: `evaluate()` and `predict()` ignore it. To watch the step it
+    wraps `model.train_step`, `model.optimizer.apply` and each layer's `call`
+    while `fit()` runs and restores them at the end of training (and makes
+    Keras re-trace its train function, then and at the start).
+
+    It warns (`GradientHealthWarning`, once per layer and condition) when more
+    than half of a layer's ReLU units are dead, when more than half of a
+    sigmoid or tanh layer's outputs are saturated, when the first layer's
+    gradient norm is over 1000 times smaller (vanishing) or larger (exploding)
+    than the last layer's (among layers with a kernel), and when NaN or inf
+    appear in weights, activations or gradients (naming which, and the first
+    layer where they appear). While values are non-finite, the dead,
+    saturated and depth checks are skipped: they would only restate the NaN.
+
+    Examples:
+
+    >>> health = keras_fanin.GradientHealth("logs")
+    >>> model.fit(x, y, epochs=5, callbacks=[health])
+    >>> health.history["dead_relu_fraction/dense_1"][-1]
+    (1870, 0.03125)
+
+    Then `tensorboard --logdir logs`.
+
+    Args:
+        log_dir: Directory for the event files (written under
+            `<log_dir>/gradient_health`). A local path must be writable
+            (checked at construction, creating nothing); a remote one
+            (`gs://...`) is opened through `tf.io.gfile` when training starts.
+        data: Optional probe batch `(x, y)` or `(x, y, sample_weight)`, fixed
+            so that its curves are comparable over time (a `tf.data.Dataset`
+            gives its first batch); nested as the model's inputs and outputs
+            are. Checked against the model before the first step.
+        every_n_steps: Positive int, how often to log the real step (default
+            10, within 2% of plain `fit()` time in `benchmarks/`), or None to
+            not watch the step (then `data` is required).
+        probe_every_n_steps: Positive int, how often to measure the probe.
+            Each measurement costs about one training step on the probe batch.
+        saturation_eps: Positive float below 0.5, the distance from a sigmoid's
+            (or tanh's) bounds that counts as saturated. Default `1e-3`.
+        activations: If True (default), reduce each layer's output in the
+            training step (std, dead and saturated fractions); False keeps to
+            the gradients, weights and updates.
+        stop_on_nonfinite: If True, stop training (`model.stop_training`) when a
+            weight, gradient or activation is NaN or inf; it then reads one
+            flag from the device per step. Default False: warn and go on.
+        warn: If False, emit no `GradientHealthWarning`.
+        probe_training: If True (default), run the probe in training mode
+            without changing any state; if False, in inference mode
+            (BatchNorm uses its moving statistics, no dropout).
+    """
+
+    def __init__(
+        self,
+        log_dir: str | os.PathLike,
+        data=None,
+        every_n_steps: int | None = DEFAULT_EVERY_N_STEPS,
+        probe_every_n_steps: int = 100,
+        saturation_eps: float = 1e-3,
+        activations: bool = True,
+        stop_on_nonfinite: bool = False,
+        warn: bool = True,
+        probe_training: bool = True,
+    ):
+        super().__init__()
+        if keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                "GradientHealth needs the TensorFlow backend for now; Keras is "
+                f"running on {keras.backend.backend()!r}. Set "
+                "KERAS_BACKEND=tensorflow (the initializers work on every "
+                "backend)."
+            )
+        if every_n_steps is not None:
+            every_n_steps = check_positive_int("every_n_steps", every_n_steps)
+        self.every_n_steps = every_n_steps
+        self.probe_every_n_steps = check_positive_int(
+            "probe_every_n_steps", probe_every_n_steps
+        )
+        self.saturation_eps = check_positive_finite("saturation_eps", saturation_eps)
+        if self.saturation_eps >= 0.5:
+            raise ValueError(
+                "Argument `saturation_eps` must be below 0.5. "
+                f"Received: saturation_eps={saturation_eps!r}"
+            )
+        self.activations = _check_bool("activations", activations)
+        self.stop_on_nonfinite = _check_bool("stop_on_nonfinite", stop_on_nonfinite)
+        self.warn = _check_bool("warn", warn)
+        self.probe_training = _check_bool("probe_training", probe_training)
+        self.log_dir = _check_log_dir(log_dir)
+        self._probe = None
+        if data is not None:
+            from keras_fanin.health._probe_tf import Probe
+
+            self._probe = Probe(data, self.saturation_eps, self.probe_training)
+        elif every_n_steps is None:
+            raise ValueError(
+                "GradientHealth has nothing to watch: pass `data` (a probe batch) "
+                "or an `every_n_steps` for the training step. Received: "
+                "data=None, every_n_steps=None"
+            )
+        self.history, self.probe_history = {}, {}
+        self._advisor = Advisor(warn, stop_on_nonfinite)
+        self._writers = {}
+        self._hook = None
+        self._hook_key = None
+        self._units = None
+        self._step = 0  # steps run, as far as the host knows
+        self._flushed_through = -1
+        self._probe_last = None
+        self._layout_written = False
+
+    # -- Keras hooks ---------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        if self._hook is not None and self._hook._saved:
+            # A fit() that ended in an exception left the hook installed.
+            self._flush()
+            self._hook.uninstall()
+        accumulation = getattr(model.optimizer, "gradient_accumulation_steps", None)
+        self._step = int(model.optimizer.iterations.numpy()) * (accumulation or 1)
+        # The layout goes into the run opened first: the step's when watched.
+        self._writer(TRAIN_RUN if self.every_n_steps is not None else PROBE_RUN)
+        if self.every_n_steps is not None:
+            self._start_hook()
+        if self._probe is not None:
+            rebuilt = self._probe.prepare(model)
+            if rebuilt or self._step != self._probe_last:
+                self._measure_probe(self._step)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = self._step
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # Called before the execution starting at `batch` runs: `step` steps
+        # are done. Hooking the batch *begin* leaves Keras free to dispatch
+        # the batch-end hooks asynchronously, with no per-step host sync.
+        step = self._epoch_start + batch
+        self._step = step
+        if self._hook is not None:
+            pending = self._logged_between(self._flushed_through + 1, step)
+            if pending >= FLUSH_ROWS or (
+                self.stop_on_nonfinite and bool(self._hook.nonfinite_seen.numpy())
+            ):
+                self._flush()
+        if self._probe is not None:
+            n = self.probe_every_n_steps
+            if step // n > self._probe_last // n:
+                self._measure_probe(step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._hook is not None:
+            self._flush()
+        else:
+            self._step = self._iterations()
+
+    def on_train_end(self, logs=None):
+        try:
+            if self._hook is not None:
+                self._flush()
+                self._check_step_was_seen()
+            else:
+                self._step = self._iterations()
+            if self._probe is not None and self._step != self._probe_last:
+                self._measure_probe(self._step)
+        finally:
+            if self._hook is not None:
+                self._hook.uninstall()
+            self.close()
+
+    def _check_step_was_seen(self):
+        """One clear warning when the model's own train step hid the gradients."""
+        hook = self._hook
+        if hook.applied or not self.model.trainable_weights:
+            return
+        self._advisor.warn_once(
+            ("no_apply",),
+            "GradientHealth: the model's train step never called "
+            "`model.optimizer.apply` (or `apply_gradients`), so grad_norm, "
+            "update_ratio and weight_norm are unavailable"
+            + (
+                "; the activation signals still come from the training forward pass"
+                if self.activations
+                else ""
+            )
+            + ". Call the optimizer in your train_step, or pass `data=` for the "
+            "probe's gradient norms.",
+        )
+
+    def close(self):
+        """Flushes and closes the event files (also done at the end of training).
+
+        A later `fit()` opens new event files in the same run directories.
+        """
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+    # -- the real step -------------------------------------------------------
+
+    def _iterations(self):
+        accumulation = getattr(
+            self.model.optimizer, "gradient_accumulation_steps", None
+        )
+        return int(self.model.optimizer.iterations.numpy()) * (accumulation or 1)
+
+    def _logged_between(self, first, last):
+        """How many logged steps lie in `[first, last)`."""
+        n = self.every_n_steps
+        return max(0, (last - 1) // n - (first - 1) // n) if last > first else 0
+
+    def _start_hook(self):
+        from keras_fanin.health._step_tf import TFStepHook
+
+        model = self.model
+        key = (id(model), id(model.optimizer))
+        if self._hook is None or key != self._hook_key:
+            if self._hook is not None:
+                start = self._step
+                self._flush()  # whatever the old model left unread
+                self._step = start
+            self._units = find_units(model)
+            spe = int(getattr(model, "steps_per_execution", 1) or 1)
+            per_execution = -(-spe // self.every_n_steps) + 1
+            self._hook = TFStepHook(
+                model,
+                Layout(self._units),
+                self.every_n_steps,
+                capacity=FLUSH_ROWS + per_execution + 1,
+                saturation_eps=self.saturation_eps,
+                activations=self.activations,
+                start_step=self._step,
+            )
+            self._hook_key = key
+            self._flushed_through = self._step - 1
+        else:
+            self._hook.counter.assign(self._step)
+        self._hook.install()
+
+    def _flush(self):
+        """Reads the step buffer once and writes, records and checks its rows."""
+        hook = self._hook
+        steps, rows = hook.read()
+        self._step = hook.read_counter()
+        self._epoch_start = self._step
+        new = np.flatnonzero(steps > self._flushed_through)
+        if not len(new):
+            return
+        layout = hook.layout
+        tags = layout.tags()
+        writer = self._writer(TRAIN_RUN)
+        stop = False
+        for i in new[np.argsort(steps[new])]:
+            step, row = int(steps[i]), rows[i]
+            record = {tag: float(row[col]) for col, tag in tags}
+            for tag, value in record.items():
+                _record(self.history, tag, step, value)
+            if writer is not None:
+                writer.write_step(step, record)
+            stop |= self._advisor.check(
+                self._units, step, record, layout.codes(row), where="batch"
+            )
+        self._flushed_through = int(steps[new].max())
+        if writer is not None:
+            writer.flush()
+        if stop:
+            self.model.stop_training = True
+
+    # -- the probe -----------------------------------------------------------
+
+    def _measure_probe(self, step):
+        record, codes, loss = self._probe.measure()
+        self._probe_last = step
+        for tag, value in record.items():
+            _record(self.probe_history, tag, step, value)
+        _record(self.probe_history, "probe_loss", step, loss)
+        writer = self._writer(PROBE_RUN)
+        if writer is not None:
+            writer.write_step(step, {**record, "probe_loss": loss})
+            writer.flush()
+        if self._advisor.check(
+            self._probe.units, step, record, codes, loss=loss, where="probe"
+        ):
+            self.model.stop_training = True
+
+    # -- writing ---------------------------------------------------------------
+
+    def _writer(self, run):
+        """The run's event writer, opened on first use; None on a non-chief."""
+        if run in self._writers:
+            return self._writers[run]
+        strategy = self.model.distribute_strategy
+        if not strategy.extended.should_save_summary:
+            return None  # a non-chief worker of a multi-worker strategy
+        try:
+            writer = EventWriter(os.path.join(self.log_dir, run))
+        except Exception as error:  # noqa: BLE001 - any file-system error
+            raise ValueError(
+                f"Argument `log_dir` could not be opened for writing: "
+                f"log_dir={self.log_dir!r} ({type(error).__name__}: "
+                f"{str(error)[:200]})"
+            ) from None
+        if not self._layout_written:
+            writer.write_layout(CHART_PATTERNS)
+            self._layout_written = True
+        self._writers[run] = writer
+        return writer

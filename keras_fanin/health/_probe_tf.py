@@ -1,0 +1,253 @@
+"""The optional fixed probe batch, measured by one compiled TensorFlow function.
+
+The probe goes through `model(x, training=...)` inside a `tf.function` and a
+`keras.StatelessScope` (so a training-mode probe changes no BatchNorm
+statistic, seed or other state); while it traces, each unit's `call` is
+wrapped so that its output is captured in the same graph. The loss gradient
+and every reduction are computed there too, and the function returns ONE
+float32 vector laid out as a row of the real step's buffer (`Layout`) plus the
+loss: one device -> host transfer per measurement, whatever the depth.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_fanin.health import _stats
+from keras_fanin.health._units import weight_slots
+
+
+def _to_tensor(value):
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+        value = value.astype(keras.config.floatx())  # as Keras's data adapters do
+    return tf.convert_to_tensor(value)
+
+
+def shapes(structure):
+    """Shapes (never values) of every leaf, for error messages."""
+    return tf.nest.map_structure(
+        lambda t: tuple(t.shape) if hasattr(t, "shape") else type(t).__name__,
+        structure,
+    )
+
+
+def _first_batch(dataset):
+    try:
+        return next(iter(dataset))
+    except StopIteration:
+        raise ValueError(
+            "Argument `data` is an empty tf.data.Dataset: it yields no batch. "
+            "Pass a dataset that yields at least one `(x, y)` batch, e.g. "
+            "`val_ds.take(1)`."
+        ) from None
+
+
+def check_data(data):
+    """Validates a probe batch and converts it to tensors once."""
+    from_dataset = isinstance(data, tf.data.Dataset)
+    if from_dataset:
+        data = _first_batch(data)
+    if not isinstance(data, tuple | list) or len(data) not in (2, 3):
+        raise TypeError(
+            "Argument `data` must be a probe batch `(x, y)` or `(x, y, sample_weight)` "
+            f"(or a tf.data.Dataset yielding one). Received: data of type "
+            f"{type(data).__name__}"
+            + (f" with {len(data)} elements" if isinstance(data, tuple | list) else "")
+        )
+    x, y, sample_weight = (*data, None)[:3]
+    if x is None or y is None:
+        raise ValueError(
+            "Argument `data` must hold both `x` and `y`: the loss gradient needs "
+            f"targets. Received: x={type(x).__name__}, y={type(y).__name__}"
+        )
+    try:
+        x, y, sample_weight = tf.nest.map_structure(_to_tensor, (x, y, sample_weight))
+    except (TypeError, ValueError) as error:
+        leaves = sorted({type(v).__name__ for v in tf.nest.flatten((x, y))})
+        raise TypeError(
+            "Argument `data` must hold arrays or tensors (nested in lists, tuples "
+            f"or dicts). Received leaves of types {leaves}, which could not be "
+            f"converted ({type(error).__name__})."
+        ) from None
+    leaves = [t for t in tf.nest.flatten((x, y, sample_weight)) if t is not None]
+    sizes = sorted({int(t.shape[0]) if t.shape.rank else -1 for t in leaves})
+    if from_dataset and (len(sizes) != 1 or sizes[0] < 1):
+        raise ValueError(
+            "Argument `data` must be a tf.data.Dataset of batches, but its first "
+            f"element looks unbatched: shapes (x, y) = {shapes((x, y))}. Call "
+            "`.batch(batch_size)` on the dataset."
+        )
+    if len(sizes) != 1 or sizes[0] < 1:
+        raise ValueError(
+            "Argument `data` must hold a non-empty batch with the same number of "
+            "examples in x, y (and sample_weight); -1 marks a scalar. "
+            f"Received batch sizes: {sizes}"
+        )
+    return x, y, sample_weight
+
+
+def _first_float(output):
+    for tensor in tf.nest.flatten(output):
+        if tf.is_tensor(tensor) and tensor.dtype.is_floating:
+            return tensor
+    return None
+
+
+class _Capture:
+    """Wraps each unit's `call` for the duration of one trace."""
+
+    def __init__(self, units):
+        self.units, self.outputs, self._saved = units, {}, {}
+
+    def __enter__(self):
+        for unit in self.units:
+            layer, key = unit.layer, unit.name
+            self._saved[key] = vars(layer).get("call")
+            original = layer.call
+
+            def call(*args, _original=original, _key=key, **kwargs):
+                output = _original(*args, **kwargs)
+                # A shared layer is measured on its first call.
+                self.outputs.setdefault(_key, output)
+                return output
+
+            object.__setattr__(layer, "call", call)
+        return self
+
+    def __exit__(self, *exc):
+        for unit in self.units:
+            saved = self._saved.get(unit.name)
+            if saved is None:
+                object.__delattr__(unit.layer, "call")
+            else:
+                object.__setattr__(unit.layer, "call", saved)
+
+
+def build_probe_function(model, units, layout, saturation_eps, training):
+    """`fn(x, y, sample_weight)` -> one float32 vector: a buffer row + the loss.
+
+    With `training=True` the forward pass runs in training mode (BatchNorm
+    normalises with the probe's own batch statistics, as in the training step)
+    inside a `keras.StatelessScope`, so that no state changes.
+    """
+    written = set()
+
+    def stats(x, y, sample_weight):
+        values = {}
+        with (
+            _Capture(units) as capture,
+            tf.GradientTape() as tape,
+            keras.StatelessScope(),
+        ):
+            y_pred = model(x, training=training)
+            loss = model.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+            )
+            # Keras divides each loss by the replica count under a
+            # tf.distribute strategy; undo it, as Keras does for its logs, so
+            # the numbers equal a single-device run on the whole probe batch.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            loss = loss * tf.cast(replicas, loss.dtype)
+        weights = model.trainable_weights
+        grads = tape.gradient(loss, weights) if weights else []
+        slots = weight_slots(units, weights)
+        for unit, unit_slots in zip(units, slots, strict=True):
+            if unit_slots:
+                unit_grads = [grads[i] for i in unit_slots if grads[i] is not None]
+                col = layout.column
+                values[col(unit.index, "grad_norm")] = tf.sqrt(
+                    _stats.sum_of_squares(unit_grads)
+                )
+                values[col(unit.index, "grad_bad")] = _stats.nonfinite_code(unit_grads)
+                values[col(unit.index, "weight_bad")] = _stats.nonfinite_code(
+                    [tf.convert_to_tensor(weights[i]) for i in unit_slots]
+                )
+            out = _first_float(capture.outputs.get(unit.name))
+            if out is None:
+                continue
+            for signal, value in _stats.output_stats(
+                unit.layer, out, unit.activation, saturation_eps
+            ).items():
+                values[layout.column(unit.index, signal)] = value
+        written.clear()
+        written.update(values)
+        row = [tf.constant(np.nan, tf.float32)] * layout.width
+        for col, value in values.items():
+            row[col] = tf.reshape(tf.cast(value, tf.float32), [])
+        return tf.stack([*row, tf.cast(loss, tf.float32)])
+
+    def run(x, y, sample_weight):
+        # Inside a strategy's scope (fit() called under `strategy.scope()`),
+        # distributed variables can only be read in a replica context. Every
+        # replica then measures the whole probe batch; the first one's numbers
+        # are returned, equal to a single-device run.
+        if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
+            strategy = tf.distribute.get_strategy()
+            per_replica = strategy.run(stats, args=(x, y, sample_weight))
+            return strategy.experimental_local_results(per_replica)[0]
+        return stats(x, y, sample_weight)
+
+    return tf.function(run, autograph=False, reduce_retracing=True), written
+
+
+class Probe:
+    """A fixed probe batch and the compiled function that measures it."""
+
+    def __init__(self, data, saturation_eps, training):
+        self.batch = check_data(data)
+        self.eps, self.training = saturation_eps, training
+        self.units = self.layout = self._fn = self._key = None
+        self.model = None
+
+    def _misfit(self, error):
+        # The original message names the mismatch; it is cut short because some
+        # errors print whole tensors.
+        detail = str(error).strip().splitlines()[0][:300] if str(error) else ""
+        return ValueError(
+            f"Argument `data` does not fit the model {self.model.name!r}: "
+            f"(x, y) shapes {shapes(self.batch[:2])}. {type(error).__name__}: "
+            f"{detail}"
+        )
+
+    def prepare(self, model):
+        """(Re)builds the function for `model` if needed; True when it did."""
+        self.model = model
+        if not model.built:
+            # TensorFlow's fit() builds a model while tracing its train
+            # function, after `on_train_begin`; the probe needs the weights
+            # now. One eager forward pass on the probe builds it as fit would.
+            try:
+                model(self.batch[0], training=False)
+            except Exception as error:  # noqa: BLE001 - re-raised with context
+                raise self._misfit(error) from error
+        key = (
+            id(model),
+            tuple(id(v) for v in model.trainable_weights),
+            id(getattr(model, "loss", None)),
+        )
+        if self._fn is not None and key == self._key:
+            return False
+        from keras_fanin.health._layout import Layout
+        from keras_fanin.health._units import find_units
+
+        units = find_units(model)
+        layout = Layout(units)
+        fn, written = build_probe_function(
+            model, units, layout, self.eps, self.training
+        )
+        try:
+            fn(*self.batch)  # traces now: a probe that does not fit fails here
+        except Exception as error:  # noqa: BLE001 - re-raised with context
+            raise self._misfit(error) from error
+        layout.written = written
+        self.units, self.layout, self._fn, self._key = units, layout, fn, key
+        return True
+
+    def measure(self):
+        """`(record, codes, loss)` of one measurement: one host transfer."""
+        vector = self._fn(*self.batch).numpy()
+        row, loss = vector[:-1], float(vector[-1])
+        record = {tag: float(row[col]) for col, tag in self.layout.tags()}
+        return record, self.layout.codes(row), loss

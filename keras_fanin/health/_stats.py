@@ -1,0 +1,79 @@
+"""The per-layer statistics, in `keras.ops`, for use inside a compiled step.
+
+Every function returns float32 scalars and runs on any backend, so that the
+same reductions serve the TensorFlow, JAX and torch hooks and the probe.
+"""
+
+from keras import ops
+
+from keras_fanin.health._units import LEAKY_RELUS, RELUS, activation_signal, unit_axis
+
+
+def _f32(x):
+    return ops.cast(x, "float32")
+
+
+def sum_of_squares(tensors):
+    """The squared L2 norm of a list of tensors, in float32 (0 for none)."""
+    total = _f32(0.0)
+    for t in tensors:
+        total = total + ops.sum(ops.square(_f32(t)))
+    return total
+
+
+def nonfinite_code(tensors):
+    """0 if every value is finite; + 1 if any is inf; + 2 if any is NaN.
+
+    NaN and inf are told apart because they mean different things to the user
+    (inf: an overflow; NaN: inf - inf, 0 * inf, or a NaN weight), and because
+    ReLU maps NaN to 0 on some builds, so a NaN is only seen where it is.
+    """
+    has_nan, has_inf = False, False
+    for t in tensors:
+        has_nan = ops.logical_or(has_nan, ops.any(ops.isnan(t)))
+        has_inf = ops.logical_or(has_inf, ops.any(ops.isinf(t)))
+    return 2.0 * _f32(has_nan) + _f32(has_inf)
+
+
+def code_of_sum(total):
+    """The `nonfinite_code` read off a sum of squares already computed.
+
+    NaN anywhere makes the sum NaN; inf makes it inf, and so do finite values
+    beyond about 1.8e19, whose squares overflow float32: those are reported as
+    inf, which they are in effect. Saves a pass over the tensors.
+    """
+    return 2.0 * _f32(ops.isnan(total)) + _f32(ops.isinf(total))
+
+
+def describe_nonfinite(code):
+    """'NaN', 'inf' or 'NaN and inf' for a code of `nonfinite_code`."""
+    return {1: "inf", 2: "NaN", 3: "NaN and inf"}.get(int(code), "")
+
+
+def output_stats(layer, output, activation, saturation_eps):
+    """`{signal: scalar}` for one layer output: its std, finiteness, and the
+    dead / saturated fraction its activation calls for."""
+    out = _f32(ops.stop_gradient(output))
+    stats = {
+        "activation_std": ops.std(out),
+        "activation_bad": code_of_sum(ops.sum(ops.square(out))),
+    }
+    signal = activation_signal(activation)
+    rank = len(out.shape)
+    if activation in RELUS | LEAKY_RELUS:
+        axis = unit_axis(layer, rank)
+        others = tuple(a for a in range(rank) if a != axis)
+        alive = ops.any(out > 0, axis=others) if others else out > 0
+        stats[signal] = 1.0 - ops.mean(_f32(alive))
+    elif activation == "sigmoid":
+        eps = saturation_eps
+        stats[signal] = ops.mean(_f32(ops.logical_or(out < eps, out > 1.0 - eps)))
+    elif activation == "tanh":
+        stats[signal] = ops.mean(_f32(ops.abs(out) > 1.0 - saturation_eps))
+    return stats
+
+
+def output_signals(activation):
+    """The keys `output_stats` returns for a layer with `activation`."""
+    signal = activation_signal(activation)
+    return ("activation_std", "activation_bad") + ((signal,) if signal else ())

@@ -1,0 +1,96 @@
+"""Which layers GradientHealth watches and which signals each one gets.
+
+Backend-agnostic (keras only): shared by the TensorFlow, JAX and torch hooks.
+"""
+
+import dataclasses
+
+import keras
+
+RELUS = frozenset({"relu", "relu6"})
+# A leaky unit whose input is negative for every example still passes
+# `negative_slope` times the gradient, so it can come back: it is counted with
+# the same rule as a dead ReLU, for comparison, but never called dead.
+LEAKY_RELUS = frozenset({"leaky_relu"})
+
+
+def activation_name(layer):
+    """The name of the activation a layer's output goes through, or None."""
+    if isinstance(layer, keras.layers.ReLU):
+        # A ReLU layer with a negative slope is leaky.
+        return "relu" if not layer.negative_slope else "leaky_relu"
+    if isinstance(layer, keras.layers.LeakyReLU):
+        return "leaky_relu"
+    if isinstance(layer, keras.layers.RNN):
+        return None  # an RNN's output is a gated mix, not its activation
+    fn = getattr(layer, "activation", None)
+    return getattr(fn, "__name__", None) if callable(fn) else None
+
+
+def activation_signal(activation):
+    """The activation-specific signal of a layer's output, or None."""
+    if activation in RELUS | LEAKY_RELUS:
+        return "dead_relu_fraction"
+    if activation in ("sigmoid", "tanh"):
+        return f"saturated_{activation}_fraction"
+    return None
+
+
+@dataclasses.dataclass
+class Unit:
+    """A watched layer: a leaf of the model's layer tree."""
+
+    layer: keras.Layer
+    name: str  # one TensorBoard path component
+    index: int  # position in the model's layer order (forward order)
+
+    @property
+    def activation(self):
+        return activation_name(self.layer)
+
+    @property
+    def has_kernel(self):
+        return getattr(self.layer, "kernel", None) is not None
+
+
+def unit_axis(layer, rank):
+    """The axis of a layer output that indexes its units (features, channels)."""
+    if rank > 2 and getattr(layer, "data_format", None) == "channels_first":
+        return 1
+    return rank - 1
+
+
+def find_units(model):
+    """Leaf layers of `model` in order, recursing into nested models.
+
+    Works before the model is built: a subclassed model tracks the layers it
+    assigns as attributes, a Sequential model lists its layers.
+    """
+    units, seen, names = [], set(), set()
+
+    def visit(container, prefix):
+        for layer in container.layers:
+            if id(layer) in seen or isinstance(layer, keras.layers.InputLayer):
+                continue
+            seen.add(id(layer))
+            if isinstance(layer, keras.Model):
+                visit(layer, f"{prefix}{layer.name}.")
+                continue
+            # Names are unique within a model; a clash across nested models is
+            # resolved with the enclosing model's name, dot-joined to stay one
+            # path component.
+            name = layer.name if layer.name not in names else prefix + layer.name
+            names.add(name)
+            units.append(Unit(layer, name, len(units)))
+
+    visit(model, "")
+    return units
+
+
+def weight_slots(units, variables):
+    """For each unit, the indices in `variables` of its trainable weights."""
+    slot = {id(v): i for i, v in enumerate(variables)}
+    return [
+        [slot[id(v)] for v in unit.layer.trainable_weights if id(v) in slot]
+        for unit in units
+    ]
