@@ -26,7 +26,13 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["keras_fanin", "keras_fanin.*"]),
     package_data={"keras_fanin": ["py.typed"]},
-    install_requires=["keras>=3.15", "numpy>=1.26", "tensorboard>=2.21"],
+    install_requires=[
+        "keras>=3.15",
+        "numpy>=1.26",
+        "tensorboard>=2.21",
+        # GradientHealth's event files: TFRecord CRCs in C, not pure Python.
+        "google-crc32c>=1.5",
+    ],
     extras_require={
         "cpu": [f"tensorflow-cpu>={TENSORFLOW}"],
         "gpu": [f"tensorflow[and-cuda]>={TENSORFLOW}"],
@@ -36,6 +42,8 @@ setup(
             "pytest>=8",
             "scipy>=1.11",
             "jax>=0.4",
+            # A CPU build: a newer or unpinned torch resolves to CUDA (GBs).
+            "torch==2.13.0",
             "matplotlib>=3.8",
             "scikit-learn>=1.4",
             "keras-tuner>=1.4",

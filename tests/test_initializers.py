@@ -164,6 +164,12 @@ def test_set_random_seed_makes_unseeded_initializers_reproducible():
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
 def test_float_dtypes(dtype):
+    if (
+        dtype == "float64"
+        and keras.backend.standardize_dtype(keras.ops.zeros(1, "float64").dtype)
+        != "float64"
+    ):
+        pytest.skip("JAX without x64 enabled has no float64")
     values = He(seed=1)((300, 200), dtype=dtype)
     assert keras.backend.standardize_dtype(values.dtype) == dtype
     std = float(np.std(keras.ops.convert_to_numpy(keras.ops.cast(values, "float32"))))

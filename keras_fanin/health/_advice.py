@@ -87,9 +87,11 @@ class Advisor:
         self._warn(key, message)
 
     def _warn(self, key, message):
+        """Warns once per key; `message` may be a callable, built only then."""
         if self.warn and key not in self._warned:
             self._warned.add(key)
-            warnings.warn(message, GradientHealthWarning, stacklevel=3)
+            text = message() if callable(message) else message
+            warnings.warn(text, GradientHealthWarning, stacklevel=3)
 
     def check(self, units, step, record, codes, loss=None, where="batch"):
         """Checks one measurement; returns True when training should stop.
@@ -116,13 +118,15 @@ class Advisor:
             ):
                 self._warn(
                     (unit.name, "dead"),
-                    f"GradientHealth: {dead:.0%} of the ReLU units of layer "
-                    f"{unit.name!r} are dead at step {step} (zero for every "
-                    f"example of the {where}). Try a LeakyReLU with "
-                    f"{recommended_initializer('leaky_relu')} or a lower learning "
-                    "rate."
-                    + kernel_advice(
-                        unit.layer, "relu", recommended_initializer("relu")
+                    lambda unit=unit, dead=dead: (
+                        f"GradientHealth: {dead:.0%} of the ReLU units of layer "
+                        f"{unit.name!r} are dead at step {step} (zero for every "
+                        f"example of the {where}). Try a LeakyReLU with "
+                        f"{recommended_initializer('leaky_relu')} or a lower learning "
+                        "rate."
+                        + kernel_advice(
+                            unit.layer, "relu", recommended_initializer("relu")
+                        )
                     ),
                 )
             for kind in ("sigmoid", "tanh"):
@@ -130,12 +134,14 @@ class Advisor:
                 if saturated is not None and saturated > SATURATED_WARN_FRACTION:
                     self._warn(
                         (unit.name, kind),
-                        f"GradientHealth: {saturated:.0%} of the {kind} outputs of "
-                        f"layer {unit.name!r} are saturated at step {step}, where "
-                        "their gradient vanishes. Normalise the inputs or lower the "
-                        "gain."
-                        + kernel_advice(
-                            unit.layer, kind, recommended_initializer(kind)
+                        lambda unit=unit, kind=kind, saturated=saturated: (
+                            f"GradientHealth: {saturated:.0%} of the {kind} outputs of "
+                            f"layer {unit.name!r} are saturated at step {step}, where "
+                            "their gradient vanishes. Normalise the inputs or "
+                            "lower the gain."
+                            + kernel_advice(
+                                unit.layer, kind, recommended_initializer(kind)
+                            )
                         ),
                     )
         self._depth(units, step, record)

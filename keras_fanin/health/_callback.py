@@ -64,6 +64,18 @@ def _check_log_dir(log_dir):
     return path
 
 
+def _is_chief(model):
+    """Whether this process writes: the chief of a multi-worker run, or alone."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return model.distribute_strategy.extended.should_save_summary
+    if backend == "jax":
+        import jax
+
+        return jax.process_index() == 0
+    return True
+
+
 def _check_bool(name, flag):
     if not isinstance(flag, bool):
         raise TypeError(f"Argument `{name}` must be a bool. Received: {name}={flag!r}")
@@ -204,13 +216,6 @@ class GradientHealth(keras.callbacks.Callback):
         probe_training: bool = True,
     ):
         super().__init__()
-        if keras.backend.backend() != "tensorflow":
-            raise ValueError(
-                "GradientHealth needs the TensorFlow backend for now; Keras is "
-                f"running on {keras.backend.backend()!r}. Set "
-                "KERAS_BACKEND=tensorflow (the initializers work on every "
-                "backend)."
-            )
         if every_n_steps is not None:
             every_n_steps = check_positive_int("every_n_steps", every_n_steps)
         self.every_n_steps = every_n_steps
@@ -230,9 +235,15 @@ class GradientHealth(keras.callbacks.Callback):
         self.log_dir = _check_log_dir(log_dir)
         self._probe = None
         if data is not None:
-            from keras_fanin.health._probe_tf import Probe
+            from keras_fanin.health._probe_data import check_data
 
-            self._probe = Probe(data, self.saturation_eps, self.probe_training)
+            batch = check_data(data)
+            if keras.backend.backend() == "tensorflow":
+                from keras_fanin.health._probe_tf import Probe
+            else:
+                from keras_fanin.health._probe_stateless import StatelessProbe as Probe
+
+            self._probe = Probe(batch, self.saturation_eps, self.probe_training)
         elif every_n_steps is None:
             raise ValueError(
                 "GradientHealth has nothing to watch: pass `data` (a probe batch) "
@@ -258,8 +269,7 @@ class GradientHealth(keras.callbacks.Callback):
             # A fit() that ended in an exception left the hook installed.
             self._flush()
             self._hook.uninstall()
-        accumulation = getattr(model.optimizer, "gradient_accumulation_steps", None)
-        self._step = int(model.optimizer.iterations.numpy()) * (accumulation or 1)
+        self._step = self._iterations()
         # The layout goes into the run opened first: the step's when watched.
         self._writer(TRAIN_RUN if self.every_n_steps is not None else PROBE_RUN)
         if self.every_n_steps is not None:
@@ -281,7 +291,7 @@ class GradientHealth(keras.callbacks.Callback):
         if self._hook is not None:
             pending = self._logged_between(self._flushed_through + 1, step)
             if pending >= FLUSH_ROWS or (
-                self.stop_on_nonfinite and bool(self._hook.nonfinite_seen.numpy())
+                self.stop_on_nonfinite and self._nonfinite_now()
             ):
                 self._flush()
         if self._probe is not None:
@@ -343,7 +353,12 @@ class GradientHealth(keras.callbacks.Callback):
         accumulation = getattr(
             self.model.optimizer, "gradient_accumulation_steps", None
         )
-        return int(self.model.optimizer.iterations.numpy()) * (accumulation or 1)
+        iterations = keras.ops.convert_to_numpy(self.model.optimizer.iterations)
+        return int(iterations) * (accumulation or 1)
+
+    def _nonfinite_now(self):
+        self.model  # on JAX, reading the model syncs the state the hook reads  # noqa: B018
+        return self._hook.nonfinite()
 
     def _logged_between(self, first, last):
         """How many logged steps lie in `[first, last)`."""
@@ -351,8 +366,19 @@ class GradientHealth(keras.callbacks.Callback):
         return max(0, (last - 1) // n - (first - 1) // n) if last > first else 0
 
     def _start_hook(self):
-        from keras_fanin.health._step_tf import TFStepHook
-
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            from keras_fanin.health._step_tf import TFStepHook as Hook
+        elif backend == "jax":
+            from keras_fanin.health._step_jax import JaxStepHook as Hook
+        elif backend == "torch":
+            from keras_fanin.health._step_torch import TorchStepHook as Hook
+        else:
+            raise ValueError(
+                f"GradientHealth cannot watch the training step on the "
+                f"{backend!r} backend (TensorFlow, JAX and torch are supported). "
+                "Pass `every_n_steps=None` and use another backend for the probe."
+            )
         model = self.model
         key = (id(model), id(model.optimizer))
         if self._hook is None or key != self._hook_key:
@@ -363,7 +389,7 @@ class GradientHealth(keras.callbacks.Callback):
             self._units = find_units(model)
             spe = int(getattr(model, "steps_per_execution", 1) or 1)
             per_execution = -(-spe // self.every_n_steps) + 1
-            self._hook = TFStepHook(
+            self._hook = Hook(
                 model,
                 Layout(self._units),
                 self.every_n_steps,
@@ -375,12 +401,13 @@ class GradientHealth(keras.callbacks.Callback):
             self._hook_key = key
             self._flushed_through = self._step - 1
         else:
-            self._hook.counter.assign(self._step)
+            self._hook.set_counter(self._step)
         self._hook.install()
 
     def _flush(self):
         """Reads the step buffer once and writes, records and checks its rows."""
         hook = self._hook
+        self.model  # on JAX, reading the model syncs the state the hook reads  # noqa: B018
         steps, rows = hook.read()
         self._step = hook.read_counter()
         self._epoch_start = self._step
@@ -410,6 +437,7 @@ class GradientHealth(keras.callbacks.Callback):
     # -- the probe -----------------------------------------------------------
 
     def _measure_probe(self, step):
+        self.model  # on JAX, reading the model syncs the weights the probe reads  # noqa: B018
         record, codes, loss = self._probe.measure()
         self._probe_last = step
         for tag, value in record.items():
@@ -430,8 +458,7 @@ class GradientHealth(keras.callbacks.Callback):
         """The run's event writer, opened on first use; None on a non-chief."""
         if run in self._writers:
             return self._writers[run]
-        strategy = self.model.distribute_strategy
-        if not strategy.extended.should_save_summary:
+        if not _is_chief(self.model):
             return None  # a non-chief worker of a multi-worker strategy
         try:
             writer = EventWriter(os.path.join(self.log_dir, run))

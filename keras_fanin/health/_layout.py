@@ -35,6 +35,12 @@ class Layout:
     def column(self, unit_index, signal):
         return unit_index * len(UNIT_COLUMNS) + UNIT_COLUMNS.index(signal)
 
+    def signal_of(self, column):
+        """The signal a per-unit column holds (None for a model-wide one)."""
+        if column >= len(self.units) * len(UNIT_COLUMNS):
+            return None
+        return UNIT_COLUMNS[column % len(UNIT_COLUMNS)]
+
     def global_column(self, signal):
         return len(self.units) * len(UNIT_COLUMNS) + GLOBALS.index(signal)
 

@@ -14,78 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fanin.health import _stats
+from keras_fanin.health._probe_data import shapes
 from keras_fanin.health._units import weight_slots
-
-
-def _to_tensor(value):
-    if value is None:
-        return None
-    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
-        value = value.astype(keras.config.floatx())  # as Keras's data adapters do
-    return tf.convert_to_tensor(value)
-
-
-def shapes(structure):
-    """Shapes (never values) of every leaf, for error messages."""
-    return tf.nest.map_structure(
-        lambda t: tuple(t.shape) if hasattr(t, "shape") else type(t).__name__,
-        structure,
-    )
-
-
-def _first_batch(dataset):
-    try:
-        return next(iter(dataset))
-    except StopIteration:
-        raise ValueError(
-            "Argument `data` is an empty tf.data.Dataset: it yields no batch. "
-            "Pass a dataset that yields at least one `(x, y)` batch, e.g. "
-            "`val_ds.take(1)`."
-        ) from None
-
-
-def check_data(data):
-    """Validates a probe batch and converts it to tensors once."""
-    from_dataset = isinstance(data, tf.data.Dataset)
-    if from_dataset:
-        data = _first_batch(data)
-    if not isinstance(data, tuple | list) or len(data) not in (2, 3):
-        raise TypeError(
-            "Argument `data` must be a probe batch `(x, y)` or `(x, y, sample_weight)` "
-            f"(or a tf.data.Dataset yielding one). Received: data of type "
-            f"{type(data).__name__}"
-            + (f" with {len(data)} elements" if isinstance(data, tuple | list) else "")
-        )
-    x, y, sample_weight = (*data, None)[:3]
-    if x is None or y is None:
-        raise ValueError(
-            "Argument `data` must hold both `x` and `y`: the loss gradient needs "
-            f"targets. Received: x={type(x).__name__}, y={type(y).__name__}"
-        )
-    try:
-        x, y, sample_weight = tf.nest.map_structure(_to_tensor, (x, y, sample_weight))
-    except (TypeError, ValueError) as error:
-        leaves = sorted({type(v).__name__ for v in tf.nest.flatten((x, y))})
-        raise TypeError(
-            "Argument `data` must hold arrays or tensors (nested in lists, tuples "
-            f"or dicts). Received leaves of types {leaves}, which could not be "
-            f"converted ({type(error).__name__})."
-        ) from None
-    leaves = [t for t in tf.nest.flatten((x, y, sample_weight)) if t is not None]
-    sizes = sorted({int(t.shape[0]) if t.shape.rank else -1 for t in leaves})
-    if from_dataset and (len(sizes) != 1 or sizes[0] < 1):
-        raise ValueError(
-            "Argument `data` must be a tf.data.Dataset of batches, but its first "
-            f"element looks unbatched: shapes (x, y) = {shapes((x, y))}. Call "
-            "`.batch(batch_size)` on the dataset."
-        )
-    if len(sizes) != 1 or sizes[0] < 1:
-        raise ValueError(
-            "Argument `data` must hold a non-empty batch with the same number of "
-            "examples in x, y (and sample_weight); -1 marks a scalar. "
-            f"Received batch sizes: {sizes}"
-        )
-    return x, y, sample_weight
 
 
 def _first_float(output):
@@ -195,8 +125,11 @@ def build_probe_function(model, units, layout, saturation_eps, training):
 class Probe:
     """A fixed probe batch and the compiled function that measures it."""
 
-    def __init__(self, data, saturation_eps, training):
-        self.batch = check_data(data)
+    def __init__(self, batch, saturation_eps, training):
+        # Converted once: the same tensors at every measurement.
+        self.batch = tf.nest.map_structure(
+            lambda a: None if a is None else tf.convert_to_tensor(a), batch
+        )
         self.eps, self.training = saturation_eps, training
         self.units = self.layout = self._fn = self._key = None
         self.model = None

@@ -358,3 +358,10 @@ class TFStepHook:
 
     def read_counter(self):
         return int(self.counter.numpy())
+
+    def set_counter(self, step):
+        self.counter.assign(step)
+
+    def nonfinite(self):
+        """Whether a logged step saw NaN or inf: one scalar read."""
+        return bool(self.nonfinite_seen.numpy())

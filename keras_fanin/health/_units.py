@@ -43,6 +43,7 @@ class Unit:
     layer: keras.Layer
     name: str  # one TensorBoard path component
     index: int  # position in the model's layer order (forward order)
+    _has_kernel: bool = False
 
     @property
     def activation(self):
@@ -50,7 +51,11 @@ class Unit:
 
     @property
     def has_kernel(self):
-        return getattr(self.layer, "kernel", None) is not None
+        # Cached once true: a layer does not lose its kernel, and the advice
+        # asks for every unit at every logged step.
+        if not self._has_kernel:
+            self._has_kernel = getattr(self.layer, "kernel", None) is not None
+        return self._has_kernel
 
 
 def unit_axis(layer, rank):

@@ -1,0 +1,202 @@
+"""The optional probe batch on JAX and torch, through `model.stateless_call`.
+
+The same measurement as `_probe_tf`: a training-mode (or inference-mode)
+forward pass that changes no state (stateless: the new non-trainable values
+are dropped), the loss gradient, and the per-layer reductions, returned as
+one vector laid out as a buffer row plus the loss. Only the gradient call is
+the backend's own: `jax.value_and_grad` under `jax.jit`, or
+`torch.autograd.grad`.
+"""
+
+import inspect
+
+import keras
+import numpy as np
+
+from keras_fanin.health import _stats
+from keras_fanin.health._layout import Layout
+from keras_fanin.health._probe_data import shapes
+from keras_fanin.health._units import find_units, weight_slots
+
+
+def _is_float(tensor):
+    dtype = getattr(tensor, "dtype", None)
+    if dtype is None:
+        return False
+    return keras.backend.standardize_dtype(dtype).startswith(("float", "bfloat"))
+
+
+def _first_float(output):
+    for tensor in keras.tree.flatten(output):
+        if _is_float(tensor):
+            return tensor
+    return None
+
+
+def _accepts_training(model):
+    """Whether `model.call` takes `training` (as Keras checks before passing it)."""
+    parameters = inspect.signature(model.call).parameters.values()
+    return any(
+        p.name == "training" or p.kind is inspect.Parameter.VAR_KEYWORD
+        for p in parameters
+    )
+
+
+class _Capture:
+    """Wraps each unit's `call` while one forward pass runs (or traces)."""
+
+    def __init__(self, units):
+        self.units, self.outputs, self._saved = units, {}, {}
+
+    def __enter__(self):
+        for unit in self.units:
+            layer, key = unit.layer, unit.index
+            self._saved[key] = vars(layer).get("call")
+            original = layer.call
+
+            def call(*args, _original=original, _key=key, **kwargs):
+                output = _original(*args, **kwargs)
+                self.outputs.setdefault(_key, output)  # a shared layer: first call
+                return output
+
+            object.__setattr__(layer, "call", call)
+        return self
+
+    def __exit__(self, *exc):
+        for unit in self.units:
+            saved = self._saved.get(unit.index)
+            if saved is None:
+                object.__delattr__(unit.layer, "call")
+            else:
+                object.__setattr__(unit.layer, "call", saved)
+
+
+class StatelessProbe:
+    """A fixed probe batch and the function that measures it, on JAX or torch."""
+
+    def __init__(self, batch, saturation_eps, training):
+        self.numpy_batch = batch
+        self.eps, self.training = saturation_eps, training
+        self.units = self.layout = self._fn = self._key = self.model = None
+
+    @property
+    def batch(self):
+        return self.numpy_batch
+
+    def _misfit(self, error):
+        detail = str(error).strip().splitlines()[0][:300] if str(error) else ""
+        return ValueError(
+            f"Argument `data` does not fit the model {self.model.name!r}: "
+            f"(x, y) shapes {shapes(self.numpy_batch[:2])}. "
+            f"{type(error).__name__}: {detail}"
+        )
+
+    def prepare(self, model):
+        """(Re)builds the function for `model` if needed; True when it did."""
+        self.model = model
+        self._tensors = keras.tree.map_structure(
+            lambda a: None if a is None else keras.ops.convert_to_tensor(a),
+            self.numpy_batch,
+            none_is_leaf=True,
+        )
+        if not model.built:
+            try:
+                model(self._tensors[0], training=False)
+            except Exception as error:  # noqa: BLE001 - re-raised with context
+                raise self._misfit(error) from error
+        key = (
+            id(model),
+            tuple(id(v) for v in model.trainable_weights),
+            id(getattr(model, "loss", None)),
+        )
+        if self._fn is not None and key == self._key:
+            return False
+        self.units = find_units(model)
+        self.layout = Layout(self.units)
+        self._slots = weight_slots(self.units, model.trainable_variables)
+        self._fn = (
+            self._jax_function()
+            if keras.backend.backend() == "jax"
+            else self._torch_measure
+        )
+        self._key = key
+        try:
+            self._vector()  # a probe that does not fit fails here
+        except Exception as error:  # noqa: BLE001 - re-raised with context
+            raise self._misfit(error) from error
+        return True
+
+    def _loss(self, trainable, x, y, sample_weight):
+        """The stateless forward pass and loss; `(loss, {column: stat})`."""
+        model = self.model
+        non_trainable = [v.value for v in model.non_trainable_variables]
+        metrics = [v.value for v in model.metrics_variables]
+        kwargs = {"training": self.training} if _accepts_training(model) else {}
+        with _Capture(self.units) as capture:
+            y_pred, _ = model.stateless_call(trainable, non_trainable, x, **kwargs)
+        loss, _ = model.stateless_compute_loss(
+            trainable, non_trainable, metrics, x=x, y=y, y_pred=y_pred,
+            sample_weight=sample_weight, training=self.training,
+        )  # fmt: skip
+        values = {}
+        for unit in self.units:
+            out = _first_float(capture.outputs.get(unit.index))
+            if out is None:
+                continue
+            for signal, value in _stats.output_stats(
+                unit.layer, out, unit.activation, self.eps
+            ).items():
+                values[self.layout.column(unit.index, signal)] = value
+        return loss, values
+
+    def _row(self, loss, values, grads, trainable):
+        col = self.layout.column
+        for unit, slots in zip(self.units, self._slots, strict=True):
+            if not slots:
+                continue
+            unit_grads = [grads[i] for i in slots if grads[i] is not None]
+            values[col(unit.index, "grad_norm")] = keras.ops.sqrt(
+                _stats.sum_of_squares(unit_grads)
+            )
+            values[col(unit.index, "grad_bad")] = _stats.nonfinite_code(unit_grads)
+            values[col(unit.index, "weight_bad")] = _stats.nonfinite_code(
+                [trainable[i] for i in slots]
+            )
+        self.layout.written = set(values)
+        row = [keras.ops.convert_to_tensor(np.float32(np.nan))] * self.layout.width
+        for c, value in values.items():
+            row[c] = keras.ops.reshape(keras.ops.cast(value, "float32"), ())
+        return keras.ops.stack([*row, keras.ops.cast(loss, "float32")])
+
+    def _jax_function(self):
+        import jax
+
+        def vector(trainable, x, y, sample_weight):
+            (loss, values), grads = jax.value_and_grad(
+                lambda tv: self._loss(tv, x, y, sample_weight), has_aux=True
+            )(trainable)
+            return self._row(loss, values, grads, trainable)
+
+        jitted = jax.jit(vector)
+        return lambda trainable, *batch: jitted(trainable, *batch)
+
+    def _torch_measure(self, trainable, x, y, sample_weight):
+        import torch
+
+        leaves = [t.detach().requires_grad_(True) for t in trainable]
+        loss, values = self._loss(leaves, x, y, sample_weight)
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        with torch.no_grad():
+            values = {c: v.detach() for c, v in values.items()}
+            return self._row(loss.detach(), values, list(grads), leaves)
+
+    def _vector(self):
+        trainable = [v.value for v in self.model.trainable_variables]
+        return keras.ops.convert_to_numpy(self._fn(trainable, *self._tensors))
+
+    def measure(self):
+        """`(record, codes, loss)` of one measurement: one host transfer."""
+        vector = self._vector()
+        row, loss = vector[:-1], float(vector[-1])
+        record = {tag: float(row[col]) for col, tag in self.layout.tags()}
+        return record, self.layout.codes(row), loss

@@ -1,0 +1,223 @@
+"""The real training step on PyTorch: the same signals as `_step_tf`, eagerly.
+
+Keras's torch step runs eagerly, so Python knows every step: on a logged step
+the wrappers reduce on the device (fused multi-tensor norms, as torch's own
+`clip_grad_norm_` computes them) and write one row of a device tensor with no
+host sync; other steps cost nothing but a Python comparison. The host copies
+the buffer once per flush. The wrapped attributes are those of `_step_tf`:
+`model.train_step`, `optimizer.apply` and each unit's `call`.
+"""
+
+import keras
+import numpy as np
+import torch
+
+from keras_fanin.health import _stats
+
+_MISSING = object()
+
+
+def _norms(tensors):
+    """L2 norm of each tensor, in float32, in as few kernels as torch allows."""
+    tensors = [t.float() for t in tensors]
+    foreach_norm = getattr(torch, "_foreach_norm", None)
+    if foreach_norm is not None:
+        return torch.stack(foreach_norm(tensors))
+    return torch.stack([torch.linalg.vector_norm(t) for t in tensors])
+
+
+def _first_float(output):
+    for tensor in keras.tree.flatten(output):
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            return tensor
+    return None
+
+
+class TorchStepHook:
+    """Installs the wrappers on one compiled model and owns its buffer."""
+
+    def __init__(self, model, layout, every_n_steps, capacity, saturation_eps,
+                 activations, start_step):  # fmt: skip
+        self.model, self.layout = model, layout
+        self.every_n, self.capacity = every_n_steps, capacity
+        self.eps, self.activations = saturation_eps, activations
+        self.optimizer = model.optimizer
+        self.loss_scaled = isinstance(
+            self.optimizer, keras.optimizers.LossScaleOptimizer
+        )
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        self.clipnorm = getattr(inner, "clipnorm", None)
+        self.global_clipnorm = getattr(inner, "global_clipnorm", None)
+        device = keras.ops.convert_to_tensor(0.0).device
+        self.rows = torch.full((capacity, layout.width), float("nan"), device=device)
+        self.steps = np.full([capacity], -1, np.int64)  # the host knows each step
+        self.step = start_step
+        self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        self._saved = []
+        self._logging = False
+        self._values, self._outputs = {}, {}
+        self.traces = 0
+        self.applied = False
+
+    # -- install / uninstall -------------------------------------------------
+
+    def _set(self, obj, name, value):
+        self._saved.append((obj, name, vars(obj).get(name, _MISSING)))
+        object.__setattr__(obj, name, value)
+
+    def install(self):
+        model = self.model
+        self._set(model, "train_step", self._wrap_train_step(model.train_step))
+        self._set(self.optimizer, "apply", self._wrap_apply(self.optimizer.apply))
+        if self.activations:
+            for unit in self.layout.units:
+                self._set(unit.layer, "call", self._wrap_call(unit, unit.layer.call))
+        model.make_train_function(force=True)
+
+    def uninstall(self):
+        for obj, name, old in reversed(self._saved):
+            if old is _MISSING:
+                object.__delattr__(obj, name)
+            else:
+                object.__setattr__(obj, name, old)
+        self._saved.clear()
+        self.model.train_function = None
+
+    # -- in the step -------------------------------------------------------------
+
+    def _wrap_train_step(self, original):
+        def train_step(*args, **kwargs):
+            self._logging = self.step % self.every_n == 0
+            self._values, self._outputs = {}, {}
+            try:
+                logs = original(*args, **kwargs)
+            finally:
+                logged, self._logging = self._logging, False
+            if logged:
+                self._write_row()
+            self.step += 1
+            return logs
+
+        return train_step
+
+    def _wrap_call(self, unit, original):
+        def call(*args, **kwargs):
+            output = original(*args, **kwargs)
+            if self._logging and unit.index not in self._outputs:
+                out = _first_float(output)
+                if out is not None:
+                    self._outputs[unit.index] = (unit, out.detach())
+            return output
+
+        return call
+
+    def _wrap_apply(self, original):
+        def apply(grads, trainable_variables=None):
+            self.applied = True
+            if not self._logging:
+                if trainable_variables is None:
+                    return original(grads)
+                return original(grads, trainable_variables=trainable_variables)
+            grads = list(grads)
+            variables = (
+                list(trainable_variables)
+                if trainable_variables is not None
+                else list(self.model.trainable_variables)
+            )
+            with torch.no_grad():
+                before = [v.value.detach().clone() for v in variables]
+            result = (
+                original(grads)
+                if trainable_variables is None
+                else original(grads, trainable_variables=trainable_variables)
+            )
+            with torch.no_grad():
+                self._update_stats(grads, variables, before)
+            return result
+
+        return apply
+
+    def _update_stats(self, grads, variables, before):
+        layout = self.layout
+        unit_of = {
+            id(v): unit.index
+            for unit in layout.units
+            for v in unit.layer.trainable_weights
+        }
+        kept = [
+            (g, v.value.detach(), b, unit_of.get(id(v)))
+            for g, v, b in zip(grads, variables, before, strict=True)
+            if g is not None
+        ]
+        if not kept:
+            return
+        scale = (
+            keras.ops.convert_to_tensor(self.optimizer.dynamic_scale).float()
+            if self.loss_scaled
+            else None
+        )
+        g_norms = _norms([g for g, _, _, _ in kept])
+        if scale is not None:
+            g_norms = g_norms / scale
+        a_norms = _norms([a for _, a, _, _ in kept])
+        b_norms = _norms([b for _, _, b, _ in kept])
+        d_norms = _norms([a.float() - b.float() for _, a, b, _ in kept])
+        sums = torch.stack([g_norms, a_norms, b_norms, d_norms], 1) ** 2
+        for index in sorted({i for *_, i in kept if i is not None}):
+            rows = [k for k, (*_, i) in enumerate(kept) if i == index]
+            g2, a2, b2, d2 = sums[rows].sum(0)
+            col = lambda s, i=index: layout.column(i, s)  # noqa: E731
+            self._values[col("grad_norm")] = g2.sqrt()
+            self._values[col("update_ratio")] = d2.sqrt() / b2.sqrt()
+            self._values[col("weight_norm")] = a2.sqrt()
+            self._values[col("weight_bad")] = _stats.code_of_sum(b2)
+            if not self.loss_scaled:
+                self._values[col("grad_bad")] = _stats.code_of_sum(g2)
+        if self.global_clipnorm or self.clipnorm:
+            total = sums[:, 0].sum().sqrt()
+            if self.global_clipnorm:
+                factor = torch.clamp(self.global_clipnorm / total, max=1.0)
+            else:
+                factor = torch.clamp(self.clipnorm / sums[:, 0].sqrt(), max=1.0).min()
+            self._values[layout.global_column("clip/global_grad_norm")] = total
+            self._values[layout.global_column("clip/factor")] = factor
+
+    def _write_row(self):
+        values = dict(self._values)
+        with torch.no_grad():
+            for unit, out in self._outputs.values():
+                stats = _stats.output_stats(unit.layer, out, unit.activation, self.eps)
+                for signal, value in stats.items():
+                    values[self.layout.column(unit.index, signal)] = value
+        if not values:
+            return
+        self.layout.written.update(values)
+        cols = sorted(values)
+        row = (self.step // self.every_n) % self.capacity
+        updates = torch.stack(
+            [torch.as_tensor(values[c], device=self.rows.device).float().reshape(())
+             for c in cols]
+        )  # fmt: skip
+        self.rows[row, torch.tensor(cols, device=self.rows.device)] = updates
+        self.steps[row] = self.step
+        bad = [
+            i for i, c in enumerate(cols)
+            if self.layout.signal_of(c) in ("activation_bad", "weight_bad", "grad_bad")
+        ]  # fmt: skip
+        if bad:
+            self._nonfinite |= (updates[bad] > 0).any()
+
+    # -- on the host -------------------------------------------------------------
+
+    def read(self):
+        """`(steps, rows)` of the buffer: the one device-to-host copy of a flush."""
+        return self.steps.copy(), self.rows.cpu().numpy()
+
+    def read_counter(self):
+        return self.step
+
+    def set_counter(self, step):
+        self.step = step
+
+    def nonfinite(self):
+        return bool(self._nonfinite.item())
