@@ -8,7 +8,7 @@ ratio of each configuration's epoch time over the same fit without callbacks:
 
 - GradientHealth watching the real step at every step, gradients, updates and
   weights only (`activations=False`), and with the in-step activation signals;
-- GradientHealth at its defaults (the real step every 10 steps);
+- GradientHealth at its defaults (the real step every 25 steps);
 - the fixed-probe mode at its default (a probe every 100 steps);
 - Keras's own `TensorBoard(histogram_freq=1)`, the peer;
 - a hand-written `train_step` that also returns per-layer gradient norms in
@@ -153,7 +153,7 @@ CONFIGS = [
     "no callback",
     "real step, every step, no activations",
     "real step, every step",
-    "GradientHealth defaults (every 10 steps)",
+    "GradientHealth defaults (every 25 steps)",
     "probe mode (every 100 steps)",
     "Keras TensorBoard(histogram_freq=1)",
     "hand-written train_step (floor)",
@@ -165,7 +165,7 @@ def callbacks_for(config, log_dir, probe):
         return [keras_fanin.GradientHealth(log_dir, every_n_steps=1, activations=False)]
     if config == "real step, every step":
         return [keras_fanin.GradientHealth(log_dir, every_n_steps=1)]
-    if config == "GradientHealth defaults (every 10 steps)":
+    if config == "GradientHealth defaults (every 25 steps)":
         return [keras_fanin.GradientHealth(log_dir)]
     if config == "probe mode (every 100 steps)":
         return [keras_fanin.GradientHealth(log_dir, probe, every_n_steps=None)]

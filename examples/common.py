@@ -11,6 +11,17 @@ from sklearn.model_selection import train_test_split
 
 import keras_fanin
 
+
+def deterministic_ops():
+    """Makes TensorFlow's kernels deterministic (JAX and torch on a CPU are)."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
 CHANCE = 0.1  # ten balanced classes
 
 

@@ -29,8 +29,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from common import fit_with_health, load_data, signal  # noqa: E402
+from common import deterministic_ops, fit_with_health, load_data, signal  # noqa: E402
 
 import keras_fanin  # noqa: E402
 
@@ -80,7 +79,7 @@ def run(
     unknown = sorted(set(runs) - set(RUNS))
     if unknown:
         raise ValueError(f"Unknown runs {unknown}; choose from {list(RUNS)}.")
-    tf.config.experimental.enable_op_determinism()
+    deterministic_ops()
     x_train, x_val, y_train, y_val = load_data(seed)
     results = {}
     for name in runs:

@@ -36,8 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from common import CHANCE, fit_with_health, load_data  # noqa: E402
+from common import CHANCE, deterministic_ops, fit_with_health, load_data  # noqa: E402
 
 import keras_fanin  # noqa: E402
 
@@ -210,7 +209,7 @@ def run(
     unknown = sorted(set(schemes) - set(SCHEMES))
     if unknown:
         raise ValueError(f"Unknown schemes {unknown}; choose from {list(SCHEMES)}.")
-    tf.config.experimental.enable_op_determinism()
+    deterministic_ops()
     data = load_data(seed)
     results = {
         scheme: train(

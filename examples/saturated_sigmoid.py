@@ -32,8 +32,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from common import fit_with_health, load_data, signal  # noqa: E402
+from common import deterministic_ops, fit_with_health, load_data, signal  # noqa: E402
 
 import keras_fanin  # noqa: E402
 
@@ -78,7 +77,7 @@ def run(
     (`{layer: fraction}` from GradientHealth's history), `val_accuracy` after
     training, `val_accuracy_per_epoch`, `warnings` and `log_dir`.
     """
-    tf.config.experimental.enable_op_determinism()
+    deterministic_ops()
     x_train, x_val, y_train, y_val = load_data(seed)
     results = {}
     for gain in gains:

@@ -20,8 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import keras_tuner  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from common import load_data  # noqa: E402
+from common import deterministic_ops, load_data  # noqa: E402
 from saturated_sigmoid import build  # noqa: E402
 
 GAINS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -35,7 +34,7 @@ def search(
     verbose=True,
 ):
     """Runs the grid search; returns `(best_gain, {gain: score})`."""
-    tf.config.experimental.enable_op_determinism()
+    deterministic_ops()
     x_train, x_val, y_train, y_val = load_data(seed)
 
     def build_model(hp):

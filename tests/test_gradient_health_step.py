@@ -399,9 +399,9 @@ def test_bad_real_step_arguments(tmp_path):
 def test_trained_run_default_is_the_train_run(tmp_path, data):
     model = mlp()
     model.compile(keras.optimizers.SGD(0.1), "binary_crossentropy")
-    health = GradientHealth(tmp_path)  # the defaults: every 10 steps
+    health = GradientHealth(tmp_path)  # the defaults: every 25 steps
     fit(model, data, health, epochs=3)
-    assert [s for s, _ in read_scalars(tmp_path, TRAIN)["grad_norm/h1"]] == [0, 10, 20]
+    assert [s for s, _ in read_scalars(tmp_path, TRAIN)["grad_norm/h1"]] == [0, 25]
 
 
 class ManualUpdates(OwnTrainStep):

@@ -30,7 +30,9 @@ CHART_PATTERNS = (
     | {"clip": r"^clip/"}
     | {"probe_loss": r"^probe_loss$"}
 )
-DEFAULT_EVERY_N_STEPS = 10
+# Chosen from benchmarks/: a logged step costs up to ~30% of a CPU step on an
+# optimizer-bound MLP, so every 25 steps keeps fit() within about 2%.
+DEFAULT_EVERY_N_STEPS = 25
 
 
 def _check_log_dir(log_dir):
@@ -74,6 +76,28 @@ def _is_chief(model):
 
         return jax.process_index() == 0
     return True
+
+
+def _check_supported(model, backend):
+    """A clear error before the first step for what the hooks cannot reach."""
+    problem = None
+    if backend == "jax" and keras.config.is_nnx_enabled():
+        problem = (
+            "with Flax NNX enabled, Keras's JAX trainer calls the class's "
+            "`train_step`, not the instance's, so the step cannot be watched "
+            "through public APIs"
+        )
+    elif backend == "torch" and getattr(model, "jit_compile", False) is True:
+        problem = (
+            "with `jit_compile=True` on torch, `torch.compile` traces the step "
+            "once and the wrappers that watch it are not supported"
+        )
+    if problem:
+        raise ValueError(
+            f"GradientHealth cannot watch the training step here: {problem}. "
+            "Use `every_n_steps=None` with a probe batch (`data=`), or compile "
+            "without it."
+        )
 
 
 def _check_bool(name, flag):
@@ -185,7 +209,7 @@ class GradientHealth(keras.callbacks.Callback):
             gives its first batch); nested as the model's inputs and outputs
             are. Checked against the model before the first step.
         every_n_steps: Positive int, how often to log the real step (default
-            10, within 2% of plain `fit()` time in `benchmarks/`), or None to
+            25: about 2% of plain `fit()` time in `benchmarks/`), or None to
             not watch the step (then `data` is required).
         probe_every_n_steps: Positive int, how often to measure the probe.
             Each measurement costs about one training step on the probe batch.
@@ -380,6 +404,7 @@ class GradientHealth(keras.callbacks.Callback):
                 "Pass `every_n_steps=None` and use another backend for the probe."
             )
         model = self.model
+        _check_supported(model, backend)
         key = (id(model), id(model.optimizer))
         if self._hook is None or key != self._hook_key:
             if self._hook is not None:

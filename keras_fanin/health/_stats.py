@@ -36,11 +36,12 @@ def nonfinite_code(tensors):
 
 
 def code_of_sum(total):
-    """The `nonfinite_code` read off a sum of squares already computed.
+    """The `nonfinite_code` read off a sum (or mean) already computed.
 
-    NaN anywhere makes the sum NaN; inf makes it inf, and so do finite values
-    beyond about 1.8e19, whose squares overflow float32: those are reported as
-    inf, which they are in effect. Saves a pass over the tensors.
+    NaN anywhere makes the sum NaN; inf makes it inf (both signs: NaN). From a
+    sum of squares, finite values beyond about 1.8e19 read as inf too (their
+    squares overflow float32): for weights and gradients that large, which
+    have exploded in effect. Saves a pass over the tensors.
     """
     return 2.0 * _f32(ops.isnan(total)) + _f32(ops.isinf(total))
 
@@ -54,9 +55,15 @@ def output_stats(layer, output, activation, saturation_eps):
     """`{signal: scalar}` for one layer output: its std, finiteness, and the
     dead / saturated fraction its activation calls for."""
     out = _f32(ops.stop_gradient(output))
+    # One pass for the mean and one for the mean square (the std from their
+    # difference, which float32 resolves well enough for a diagnostic), instead
+    # of a two-pass std and a third pass for finiteness: activations can be the
+    # largest tensors of a step. Finiteness is read off the mean, not the mean
+    # square: outputs of 1e26 are finite (if exploding), their squares are not.
+    mean, mean_square = ops.mean(out), ops.mean(ops.square(out))
     stats = {
-        "activation_std": ops.std(out),
-        "activation_bad": code_of_sum(ops.sum(ops.square(out))),
+        "activation_std": ops.sqrt(ops.maximum(mean_square - mean * mean, 0.0)),
+        "activation_bad": code_of_sum(mean),
     }
     signal = activation_signal(activation)
     rank = len(out.shape)

@@ -17,7 +17,7 @@ one). Wrapped while `fit()` runs:
   of it through the metrics state (values from inside `jax.value_and_grad`
   may only leave through its auxiliary output).
 
-On a step that is not logged, `jax.lax.cond` skips the reductions. Under
+One `jax.lax.cond` chooses between Keras's own step and the logged one. Under
 `keras.distribution.DataParallel` the gradients are already the global ones
 and the reductions run on sharded arrays, so the numbers equal one device's.
 """
@@ -68,6 +68,7 @@ class JaxStepHook:
         )
         self.counter.assign(start_step)
         self._saved = []
+        self._plain = False
         self._grads = None
         self._outputs = None
         self.traces = 0
@@ -119,7 +120,7 @@ class JaxStepHook:
     def _wrap_loss(self, original):
         def compute_loss_and_updates(*args, **kwargs):
             training = kwargs.get("training", False)
-            if not training:
+            if not training or self._plain:
                 return original(*args, **kwargs)
             self._outputs = {}
             try:
@@ -127,8 +128,7 @@ class JaxStepHook:
             finally:
                 outputs, self._outputs = self._outputs, None
             metrics = list(aux[3])
-            counter_slot, _, rows_slot = self._slots()
-            counter = metrics[counter_slot]
+            _, _, rows_slot = self._slots()
             cols, keys = [], []
             for unit, _ in outputs.values():
                 for signal in _stats.output_signals(unit.activation):
@@ -147,11 +147,7 @@ class JaxStepHook:
                         values[(unit.index, signal)] = value
                 return jnp.stack([jnp.float32(values[k]) for k in keys])
 
-            stats = jax.lax.cond(
-                self._log_now(counter),
-                compute,
-                lambda: jnp.full((len(keys),), jnp.nan, jnp.float32),
-            )
+            stats = compute()
             self.layout.written.update(cols)
             self._act_cols = cols
             # Carried out of the gradient trace in the rows slot's last row
@@ -186,8 +182,16 @@ class JaxStepHook:
         return stateless_apply
 
     def _wrap_train_step(self, original):
-        def train_step(state, data):
-            self.traces += 1
+        def plain(state, data):
+            # Keras's own step: traced with every wrapper passing through.
+            self._plain = True
+            try:
+                logs, state = original(state, data)
+            finally:
+                self._plain = False
+            return logs, self._advance(state)
+
+        def logged(state, data):
             self._grads, self._act_cols = None, []
             before = state[0]
             logs, state = original(state, data)
@@ -200,31 +204,37 @@ class JaxStepHook:
             # The last row carries the activation stats out of the gradient
             # trace; the ring is the rows before it.
             row = (counter // self.every_n) % (self.capacity - 1)
-            carried = rows[-1]  # the activation stats, see `_wrap_loss`
-            update_cols, update_values = self._update_stats(
-                grads, before, trainable, counter
-            )
+            full = jnp.full((self.layout.width,), jnp.nan, jnp.float32)
+            if self._act_cols:
+                idx = jnp.asarray(self._act_cols)
+                full = full.at[idx].set(rows[-1][idx])
+            update_cols, update_values = self._update_stats(grads, before, trainable)
             self.layout.written.update(update_cols)
+            if update_cols:
+                full = full.at[jnp.asarray(update_cols)].set(update_values)
+            metrics[rows_slot] = rows.at[row].set(full)
+            metrics[steps_slot] = steps.at[row].set(counter)
+            state = (trainable, non_trainable, optimizer_vars, metrics)
+            return logs, self._advance(state)
 
-            def write(rows, steps):
-                full = jnp.full((self.layout.width,), jnp.nan, jnp.float32)
-                if self._act_cols:
-                    idx = jnp.asarray(self._act_cols)
-                    full = full.at[idx].set(carried[idx])
-                if update_cols:
-                    full = full.at[jnp.asarray(update_cols)].set(update_values)
-                return rows.at[row].set(full), steps.at[row].set(counter)
-
-            rows, steps = jax.lax.cond(
-                self._log_now(counter), write, lambda r, s: (r, s), rows, steps
-            )
-            metrics[rows_slot], metrics[steps_slot] = rows, steps
-            metrics[counter_slot] = counter + 1
-            return logs, (trainable, non_trainable, optimizer_vars, metrics)
+        def train_step(state, data):
+            # One lax.cond around the whole step, not around the reductions:
+            # inside it, the weights before the update must outlive it (for
+            # `update_ratio`), which stops XLA from updating the donated
+            # weights in place; the plain branch keeps Keras's in-place step.
+            self.traces += 1
+            counter = state[3][self._slots()[0]]
+            return jax.lax.cond(self._log_now(counter), logged, plain, state, data)
 
         return train_step
 
-    def _update_stats(self, grads, before, after, counter):
+    def _advance(self, state):
+        metrics = list(state[3])
+        slot = self._slots()[0]
+        metrics[slot] = metrics[slot] + 1
+        return (*state[:3], metrics)
+
+    def _update_stats(self, grads, before, after):
         """`(columns, values)` of the gradient, update and weight signals."""
         if grads is None:
             return [], None
@@ -285,12 +295,7 @@ class JaxStepHook:
                 values += [total, factor]
             return jnp.stack([jnp.float32(v) for v in values])
 
-        values = jax.lax.cond(
-            self._log_now(counter),
-            compute,
-            lambda: jnp.full((len(cols),), jnp.nan, jnp.float32),
-        )
-        return cols, values
+        return cols, compute()
 
     # -- on the host (after a state sync) ------------------------------------
 
