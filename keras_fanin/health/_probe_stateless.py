@@ -16,7 +16,7 @@ import numpy as np
 from keras_fanin.health import _stats
 from keras_fanin.health._layout import Layout
 from keras_fanin.health._probe_data import shapes
-from keras_fanin.health._units import find_units, weight_slots
+from keras_fanin.health._units import Capture, find_units, weight_slots
 
 
 def _is_float(tensor):
@@ -40,35 +40,6 @@ def _accepts_training(model):
         p.name == "training" or p.kind is inspect.Parameter.VAR_KEYWORD
         for p in parameters
     )
-
-
-class _Capture:
-    """Wraps each unit's `call` while one forward pass runs (or traces)."""
-
-    def __init__(self, units):
-        self.units, self.outputs, self._saved = units, {}, {}
-
-    def __enter__(self):
-        for unit in self.units:
-            layer, key = unit.layer, unit.index
-            self._saved[key] = vars(layer).get("call")
-            original = layer.call
-
-            def call(*args, _original=original, _key=key, **kwargs):
-                output = _original(*args, **kwargs)
-                self.outputs.setdefault(_key, output)  # a shared layer: first call
-                return output
-
-            object.__setattr__(layer, "call", call)
-        return self
-
-    def __exit__(self, *exc):
-        for unit in self.units:
-            saved = self._saved.get(unit.index)
-            if saved is None:
-                object.__delattr__(unit.layer, "call")
-            else:
-                object.__setattr__(unit.layer, "call", saved)
 
 
 class StatelessProbe:
@@ -132,7 +103,7 @@ class StatelessProbe:
         non_trainable = [v.value for v in model.non_trainable_variables]
         metrics = [v.value for v in model.metrics_variables]
         kwargs = {"training": self.training} if _accepts_training(model) else {}
-        with _Capture(self.units) as capture:
+        with Capture(self.units) as capture:
             y_pred, _ = model.stateless_call(trainable, non_trainable, x, **kwargs)
         loss, _ = model.stateless_compute_loss(
             trainable, non_trainable, metrics, x=x, y=y, y_pred=y_pred,

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from keras_fanin.health import _stats
 from keras_fanin.health._probe_data import shapes
-from keras_fanin.health._units import weight_slots
+from keras_fanin.health._units import Capture, weight_slots
 
 
 def _first_float(output):
@@ -23,36 +23,6 @@ def _first_float(output):
         if tf.is_tensor(tensor) and tensor.dtype.is_floating:
             return tensor
     return None
-
-
-class _Capture:
-    """Wraps each unit's `call` for the duration of one trace."""
-
-    def __init__(self, units):
-        self.units, self.outputs, self._saved = units, {}, {}
-
-    def __enter__(self):
-        for unit in self.units:
-            layer, key = unit.layer, unit.name
-            self._saved[key] = vars(layer).get("call")
-            original = layer.call
-
-            def call(*args, _original=original, _key=key, **kwargs):
-                output = _original(*args, **kwargs)
-                # A shared layer is measured on its first call.
-                self.outputs.setdefault(_key, output)
-                return output
-
-            object.__setattr__(layer, "call", call)
-        return self
-
-    def __exit__(self, *exc):
-        for unit in self.units:
-            saved = self._saved.get(unit.name)
-            if saved is None:
-                object.__delattr__(unit.layer, "call")
-            else:
-                object.__setattr__(unit.layer, "call", saved)
 
 
 def build_probe_function(model, units, layout, saturation_eps, training):
@@ -67,7 +37,7 @@ def build_probe_function(model, units, layout, saturation_eps, training):
     def stats(x, y, sample_weight):
         values = {}
         with (
-            _Capture(units) as capture,
+            Capture(units) as capture,
             tf.GradientTape() as tape,
             keras.StatelessScope(),
         ):
@@ -94,7 +64,7 @@ def build_probe_function(model, units, layout, saturation_eps, training):
                 values[col(unit.index, "weight_bad")] = _stats.nonfinite_code(
                     [tf.convert_to_tensor(weights[i]) for i in unit_slots]
                 )
-            out = _first_float(capture.outputs.get(unit.name))
+            out = _first_float(capture.outputs.get(unit.index))
             if out is None:
                 continue
             for signal, value in _stats.output_stats(

@@ -28,8 +28,8 @@ import keras
 import numpy as np
 
 from keras_fanin.health import _stats
+from keras_fanin.health._hook import StepHook
 
-_MISSING = object()
 _NAMES = ("gradient_health_counter", "gradient_health_steps", "gradient_health_rows")
 
 
@@ -40,21 +40,14 @@ def _first_float(output):
     return None
 
 
-class JaxStepHook:
+class JaxStepHook(StepHook):
     """Installs the wrappers on one compiled model and owns its buffer."""
 
     def __init__(self, model, layout, every_n_steps, capacity, saturation_eps,
                  activations, start_step):  # fmt: skip
-        self.model, self.layout = model, layout
-        self.every_n, self.capacity = every_n_steps, capacity
-        self.eps, self.activations = saturation_eps, activations
-        self.optimizer = model.optimizer
-        self.loss_scaled = isinstance(
-            self.optimizer, keras.optimizers.LossScaleOptimizer
+        super().__init__(
+            model, layout, every_n_steps, capacity, saturation_eps, activations
         )
-        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        self.clipnorm = getattr(inner, "clipnorm", None)
-        self.global_clipnorm = getattr(inner, "global_clipnorm", None)
         tracker = model.metrics[0]
         self.counter = tracker.add_variable((), "zeros", dtype="int32", name=_NAMES[0])
         self.steps = tracker.add_variable(
@@ -67,18 +60,11 @@ class JaxStepHook:
             name=_NAMES[2],
         )
         self.counter.assign(start_step)
-        self._saved = []
         self._plain = False
         self._grads = None
         self._outputs = None
-        self.traces = 0
-        self.applied = False
 
     # -- install / uninstall -------------------------------------------------
-
-    def _set(self, obj, name, value):
-        self._saved.append((obj, name, vars(obj).get(name, _MISSING)))
-        object.__setattr__(obj, name, value)
 
     def install(self):
         model = self.model
@@ -97,15 +83,6 @@ class JaxStepHook:
             for unit in self.layout.units:
                 self._set(unit.layer, "call", self._wrap_call(unit, unit.layer.call))
         model.make_train_function(force=True)
-
-    def uninstall(self):
-        for obj, name, old in reversed(self._saved):
-            if old is _MISSING:
-                object.__delattr__(obj, name)
-            else:
-                object.__setattr__(obj, name, old)
-        self._saved.clear()
-        self.model.train_function = None
 
     # -- in the step -------------------------------------------------------------
 
@@ -239,15 +216,10 @@ class JaxStepHook:
         if grads is None:
             return [], None
         grads, scale = grads
-        variables = self.model.trainable_variables
-        unit_of = {
-            id(v): unit.index
-            for unit in self.layout.units
-            for v in unit.layer.trainable_weights
-        }
+        units_of = self.units_of(self.model.trainable_variables)
         kept = [
-            (g, a, b, unit_of.get(id(v)))
-            for g, a, b, v in zip(grads, after, before, variables, strict=True)
+            (g, a, b, index)
+            for g, a, b, index in zip(grads, after, before, units_of, strict=True)
             if g is not None
         ]
         units = sorted({i for *_, i in kept if i is not None})

@@ -24,13 +24,11 @@ all-reduced (Keras's `apply` gets each replica's share, before the all-reduce)
 and the weights copied on every step, and only the reductions are skipped.
 """
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_fanin.health import _stats
-
-_MISSING = object()
+from keras_fanin.health._hook import StepHook
 
 
 def _first_float(output):
@@ -64,22 +62,14 @@ def _per_variable_sums(grads, after, before, scale):
     return tf.stack(rows)
 
 
-class TFStepHook:
+class TFStepHook(StepHook):
     """Installs the wrappers on one compiled model and owns its buffer."""
 
     def __init__(self, model, layout, every_n_steps, capacity, saturation_eps,
                  activations, start_step):  # fmt: skip
-        self.model, self.layout = model, layout
-        self.every_n, self.capacity = every_n_steps, capacity
-        self.eps, self.activations = saturation_eps, activations
-        self.optimizer = model.optimizer
-        self.loss_scaled = isinstance(
-            self.optimizer, keras.optimizers.LossScaleOptimizer
+        super().__init__(
+            model, layout, every_n_steps, capacity, saturation_eps, activations
         )
-        # Clipping is configured on the optimizer that applies the update.
-        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        self.clipnorm = getattr(inner, "clipnorm", None)
-        self.global_clipnorm = getattr(inner, "global_clipnorm", None)
         strategy = model.distribute_strategy
         width = layout.width
         self.counter = _local(
@@ -97,7 +87,6 @@ class TFStepHook:
         )
         self.nonfinite_seen = _local(lambda **kw: tf.Variable(False, **kw), strategy)
         self._distributed = strategy.num_replicas_in_sync > 1
-        self._saved = []
         self._train_graph = None
         self._pending, self._outputs = {}, {}
         self._bad_columns = {
@@ -105,14 +94,8 @@ class TFStepHook:
             for unit in layout.units
             for signal in ("activation_bad", "weight_bad", "grad_bad")
         }
-        self.traces = 0  # train_step traces, for tests of retracing
-        self.applied = False  # whether a trace reached optimizer.apply
 
     # -- install / uninstall -------------------------------------------------
-
-    def _set(self, obj, name, value):
-        self._saved.append((obj, name, vars(obj).get(name, _MISSING)))
-        object.__setattr__(obj, name, value)
 
     def install(self):
         self._set(
@@ -123,16 +106,6 @@ class TFStepHook:
             for unit in self.layout.units:
                 self._set(unit.layer, "call", self._wrap_call(unit, unit.layer.call))
         self.model.make_train_function(force=True)
-
-    def uninstall(self):
-        for obj, name, old in reversed(self._saved):
-            if old is _MISSING:
-                object.__delattr__(obj, name)
-            else:
-                object.__setattr__(obj, name, old)
-        self._saved.clear()
-        # The traced function holds the wrappers: make Keras trace its own.
-        self.model.train_function = None
 
     # -- in the step -------------------------------------------------------------
 
@@ -278,18 +251,10 @@ class TFStepHook:
 
         return apply
 
-    def _units_of(self, variables):
-        unit_of = {
-            id(v): unit.index
-            for unit in self.layout.units
-            for v in unit.layer.trainable_weights
-        }
-        return [unit_of.get(id(v)) for v in variables]
-
     def _update_keys(self, variables):
         """The columns `_update_stats` fills, known before it is traced."""
         col, keys = self.layout.column, []
-        for index in sorted({i for i in self._units_of(variables) if i is not None}):
+        for index in sorted({i for i in self.units_of(variables) if i is not None}):
             keys += [
                 col(index, s) for s in ("grad_norm", "update_ratio", "weight_norm")
             ]
@@ -307,7 +272,7 @@ class TFStepHook:
         kept = [
             (tf.convert_to_tensor(g), tf.convert_to_tensor(v), b, index)
             for g, v, b, index in zip(
-                grads, variables, before, self._units_of(variables), strict=True
+                grads, variables, before, self.units_of(variables), strict=True
             )
             if g is not None
         ]

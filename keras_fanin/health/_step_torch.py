@@ -13,8 +13,7 @@ import numpy as np
 import torch
 
 from keras_fanin.health import _stats
-
-_MISSING = object()
+from keras_fanin.health._hook import StepHook
 
 
 def _norms(tensors):
@@ -33,37 +32,23 @@ def _first_float(output):
     return None
 
 
-class TorchStepHook:
+class TorchStepHook(StepHook):
     """Installs the wrappers on one compiled model and owns its buffer."""
 
     def __init__(self, model, layout, every_n_steps, capacity, saturation_eps,
                  activations, start_step):  # fmt: skip
-        self.model, self.layout = model, layout
-        self.every_n, self.capacity = every_n_steps, capacity
-        self.eps, self.activations = saturation_eps, activations
-        self.optimizer = model.optimizer
-        self.loss_scaled = isinstance(
-            self.optimizer, keras.optimizers.LossScaleOptimizer
+        super().__init__(
+            model, layout, every_n_steps, capacity, saturation_eps, activations
         )
-        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        self.clipnorm = getattr(inner, "clipnorm", None)
-        self.global_clipnorm = getattr(inner, "global_clipnorm", None)
         device = keras.ops.convert_to_tensor(0.0).device
         self.rows = torch.full((capacity, layout.width), float("nan"), device=device)
         self.steps = np.full([capacity], -1, np.int64)  # the host knows each step
         self.step = start_step
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-        self._saved = []
         self._logging = False
         self._values, self._outputs = {}, {}
-        self.traces = 0
-        self.applied = False
 
     # -- install / uninstall -------------------------------------------------
-
-    def _set(self, obj, name, value):
-        self._saved.append((obj, name, vars(obj).get(name, _MISSING)))
-        object.__setattr__(obj, name, value)
 
     def install(self):
         model = self.model
@@ -73,15 +58,6 @@ class TorchStepHook:
             for unit in self.layout.units:
                 self._set(unit.layer, "call", self._wrap_call(unit, unit.layer.call))
         model.make_train_function(force=True)
-
-    def uninstall(self):
-        for obj, name, old in reversed(self._saved):
-            if old is _MISSING:
-                object.__delattr__(obj, name)
-            else:
-                object.__setattr__(obj, name, old)
-        self._saved.clear()
-        self.model.train_function = None
 
     # -- in the step -------------------------------------------------------------
 
@@ -139,14 +115,11 @@ class TorchStepHook:
 
     def _update_stats(self, grads, variables, before):
         layout = self.layout
-        unit_of = {
-            id(v): unit.index
-            for unit in layout.units
-            for v in unit.layer.trainable_weights
-        }
         kept = [
-            (g, v.value.detach(), b, unit_of.get(id(v)))
-            for g, v, b in zip(grads, variables, before, strict=True)
+            (g, v.value.detach(), b, index)
+            for g, v, b, index in zip(
+                grads, variables, before, self.units_of(variables), strict=True
+            )
             if g is not None
         ]
         if not kept:

@@ -99,3 +99,33 @@ def weight_slots(units, variables):
         [slot[id(v)] for v in unit.layer.trainable_weights if id(v) in slot]
         for unit in units
     ]
+
+
+class Capture:
+    """Wraps each unit's `call` while one forward pass runs (or traces), and
+    keeps each unit's output; a shared layer is measured on its first call."""
+
+    def __init__(self, units):
+        self.units, self.outputs, self._saved = units, {}, {}
+
+    def __enter__(self):
+        for unit in self.units:
+            layer, key = unit.layer, unit.index
+            self._saved[key] = vars(layer).get("call")
+            original = layer.call
+
+            def call(*args, _original=original, _key=key, **kwargs):
+                output = _original(*args, **kwargs)
+                self.outputs.setdefault(_key, output)
+                return output
+
+            object.__setattr__(layer, "call", call)
+        return self
+
+    def __exit__(self, *exc):
+        for unit in self.units:
+            saved = self._saved.get(unit.index)
+            if saved is None:
+                object.__delattr__(unit.layer, "call")
+            else:
+                object.__setattr__(unit.layer, "call", saved)
