@@ -1,4 +1,6 @@
-"""The probe batch: validated once, kept as NumPy, converted by each backend.
+"""The probe batch (validated once, kept as NumPy, converted by each backend),
+and what every backend's probe shares: building an unbuilt model on the batch,
+knowing when the model changed, and reading a measurement.
 
 Backend-agnostic: a `tf.data.Dataset` is accepted when TensorFlow is already
 imported by the user (it never imports TensorFlow itself).
@@ -89,3 +91,59 @@ def check_data(data):
             f"Received batch sizes: {sizes}"
         )
     return x, y, sample_weight
+
+
+class ProbeBase:
+    """The lifecycle `_probe_tf.Probe` and `_probe_stateless.StatelessProbe`
+    share. Subclasses build `self._fn` in `_build(model)` and read one
+    measurement vector (a buffer row, then the loss) in `_vector()`."""
+
+    def __init__(self, batch, saturation_eps, training):
+        self.numpy_batch = batch
+        self.eps, self.training = saturation_eps, training
+        self.units = self.layout = self._fn = self._key = self.model = None
+
+    def _misfit(self, error):
+        # The original message names the mismatch; it is cut short because
+        # some errors print whole tensors.
+        detail = str(error).strip().splitlines()[0][:300] if str(error) else ""
+        return ValueError(
+            f"Argument `data` does not fit the model {self.model.name!r}: "
+            f"(x, y) shapes {shapes(self.numpy_batch[:2])}. "
+            f"{type(error).__name__}: {detail}"
+        )
+
+    def prepare(self, model, x):
+        """(Re)builds the function for `model` if needed; True when it did.
+
+        `x` is the probe's input in the backend's tensors.
+        """
+        self.model = model
+        if not model.built:
+            # TensorFlow's fit() builds a model while tracing its train
+            # function, after `on_train_begin`; the probe needs the weights
+            # now. One eager forward pass on the probe builds it as fit would.
+            try:
+                model(x, training=False)
+            except Exception as error:  # noqa: BLE001 - re-raised with context
+                raise self._misfit(error) from error
+        key = (
+            id(model),
+            tuple(id(v) for v in model.trainable_weights),
+            id(getattr(model, "loss", None)),
+        )
+        if self._fn is not None and key == self._key:
+            return False
+        try:
+            self._build(model)  # traces now: a probe that does not fit fails
+        except Exception as error:  # noqa: BLE001 - re-raised with context
+            raise self._misfit(error) from error
+        self._key = key
+        return True
+
+    def measure(self):
+        """`(record, codes, loss)` of one measurement: one host transfer."""
+        vector = self._vector()
+        row, loss = vector[:-1], float(vector[-1])
+        record = {tag: float(row[col]) for col, tag in self.layout.tags()}
+        return record, self.layout.codes(row), loss

@@ -15,22 +15,8 @@ import numpy as np
 
 from keras_fanin.health import _stats
 from keras_fanin.health._layout import Layout
-from keras_fanin.health._probe_data import shapes
-from keras_fanin.health._units import Capture, find_units, weight_slots
-
-
-def _is_float(tensor):
-    dtype = getattr(tensor, "dtype", None)
-    if dtype is None:
-        return False
-    return keras.backend.standardize_dtype(dtype).startswith(("float", "bfloat"))
-
-
-def _first_float(output):
-    for tensor in keras.tree.flatten(output):
-        if _is_float(tensor):
-            return tensor
-    return None
+from keras_fanin.health._probe_data import ProbeBase
+from keras_fanin.health._units import Capture, find_units, first_float, weight_slots
 
 
 def _accepts_training(model):
@@ -42,46 +28,22 @@ def _accepts_training(model):
     )
 
 
-class StatelessProbe:
+class StatelessProbe(ProbeBase):
     """A fixed probe batch and the function that measures it, on JAX or torch."""
-
-    def __init__(self, batch, saturation_eps, training):
-        self.numpy_batch = batch
-        self.eps, self.training = saturation_eps, training
-        self.units = self.layout = self._fn = self._key = self.model = None
 
     @property
     def batch(self):
         return self.numpy_batch
 
-    def _misfit(self, error):
-        detail = str(error).strip().splitlines()[0][:300] if str(error) else ""
-        return ValueError(
-            f"Argument `data` does not fit the model {self.model.name!r}: "
-            f"(x, y) shapes {shapes(self.numpy_batch[:2])}. "
-            f"{type(error).__name__}: {detail}"
-        )
-
     def prepare(self, model):
-        """(Re)builds the function for `model` if needed; True when it did."""
-        self.model = model
         self._tensors = keras.tree.map_structure(
             lambda a: None if a is None else keras.ops.convert_to_tensor(a),
             self.numpy_batch,
             none_is_leaf=True,
         )
-        if not model.built:
-            try:
-                model(self._tensors[0], training=False)
-            except Exception as error:  # noqa: BLE001 - re-raised with context
-                raise self._misfit(error) from error
-        key = (
-            id(model),
-            tuple(id(v) for v in model.trainable_weights),
-            id(getattr(model, "loss", None)),
-        )
-        if self._fn is not None and key == self._key:
-            return False
+        return super().prepare(model, self._tensors[0])
+
+    def _build(self, model):
         self.units = find_units(model)
         self.layout = Layout(self.units)
         self._slots = weight_slots(self.units, model.trainable_variables)
@@ -90,12 +52,7 @@ class StatelessProbe:
             if keras.backend.backend() == "jax"
             else self._torch_measure
         )
-        self._key = key
-        try:
-            self._vector()  # a probe that does not fit fails here
-        except Exception as error:  # noqa: BLE001 - re-raised with context
-            raise self._misfit(error) from error
-        return True
+        self._vector()  # a probe that does not fit fails here
 
     def _loss(self, trainable, x, y, sample_weight):
         """The stateless forward pass and loss; `(loss, {column: stat})`."""
@@ -111,7 +68,7 @@ class StatelessProbe:
         )  # fmt: skip
         values = {}
         for unit in self.units:
-            out = _first_float(capture.outputs.get(unit.index))
+            out = first_float(capture.outputs.get(unit.index))
             if out is None:
                 continue
             for signal, value in _stats.output_stats(
@@ -164,10 +121,3 @@ class StatelessProbe:
     def _vector(self):
         trainable = [v.value for v in self.model.trainable_variables]
         return keras.ops.convert_to_numpy(self._fn(trainable, *self._tensors))
-
-    def measure(self):
-        """`(record, codes, loss)` of one measurement: one host transfer."""
-        vector = self._vector()
-        row, loss = vector[:-1], float(vector[-1])
-        record = {tag: float(row[col]) for col, tag in self.layout.tags()}
-        return record, self.layout.codes(row), loss

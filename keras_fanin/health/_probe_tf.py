@@ -14,15 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fanin.health import _stats
-from keras_fanin.health._probe_data import shapes
-from keras_fanin.health._units import Capture, weight_slots
-
-
-def _first_float(output):
-    for tensor in tf.nest.flatten(output):
-        if tf.is_tensor(tensor) and tensor.dtype.is_floating:
-            return tensor
-    return None
+from keras_fanin.health._layout import Layout
+from keras_fanin.health._probe_data import ProbeBase
+from keras_fanin.health._units import Capture, find_units, first_float, weight_slots
 
 
 def build_probe_function(model, units, layout, saturation_eps, training):
@@ -64,7 +58,7 @@ def build_probe_function(model, units, layout, saturation_eps, training):
                 values[col(unit.index, "weight_bad")] = _stats.nonfinite_code(
                     [tf.convert_to_tensor(weights[i]) for i in unit_slots]
                 )
-            out = _first_float(capture.outputs.get(unit.index))
+            out = first_float(capture.outputs.get(unit.index))
             if out is None:
                 continue
             for signal, value in _stats.output_stats(
@@ -92,65 +86,28 @@ def build_probe_function(model, units, layout, saturation_eps, training):
     return tf.function(run, autograph=False, reduce_retracing=True), written
 
 
-class Probe:
+class Probe(ProbeBase):
     """A fixed probe batch and the compiled function that measures it."""
 
     def __init__(self, batch, saturation_eps, training):
+        super().__init__(batch, saturation_eps, training)
         # Converted once: the same tensors at every measurement.
         self.batch = tf.nest.map_structure(
             lambda a: None if a is None else tf.convert_to_tensor(a), batch
         )
-        self.eps, self.training = saturation_eps, training
-        self.units = self.layout = self._fn = self._key = None
-        self.model = None
-
-    def _misfit(self, error):
-        # The original message names the mismatch; it is cut short because some
-        # errors print whole tensors.
-        detail = str(error).strip().splitlines()[0][:300] if str(error) else ""
-        return ValueError(
-            f"Argument `data` does not fit the model {self.model.name!r}: "
-            f"(x, y) shapes {shapes(self.batch[:2])}. {type(error).__name__}: "
-            f"{detail}"
-        )
 
     def prepare(self, model):
-        """(Re)builds the function for `model` if needed; True when it did."""
-        self.model = model
-        if not model.built:
-            # TensorFlow's fit() builds a model while tracing its train
-            # function, after `on_train_begin`; the probe needs the weights
-            # now. One eager forward pass on the probe builds it as fit would.
-            try:
-                model(self.batch[0], training=False)
-            except Exception as error:  # noqa: BLE001 - re-raised with context
-                raise self._misfit(error) from error
-        key = (
-            id(model),
-            tuple(id(v) for v in model.trainable_weights),
-            id(getattr(model, "loss", None)),
-        )
-        if self._fn is not None and key == self._key:
-            return False
-        from keras_fanin.health._layout import Layout
-        from keras_fanin.health._units import find_units
+        return super().prepare(model, self.batch[0])
 
+    def _build(self, model):
         units = find_units(model)
         layout = Layout(units)
         fn, written = build_probe_function(
             model, units, layout, self.eps, self.training
         )
-        try:
-            fn(*self.batch)  # traces now: a probe that does not fit fails here
-        except Exception as error:  # noqa: BLE001 - re-raised with context
-            raise self._misfit(error) from error
+        fn(*self.batch)  # traces now
         layout.written = written
-        self.units, self.layout, self._fn, self._key = units, layout, fn, key
-        return True
+        self.units, self.layout, self._fn = units, layout, fn
 
-    def measure(self):
-        """`(record, codes, loss)` of one measurement: one host transfer."""
-        vector = self._fn(*self.batch).numpy()
-        row, loss = vector[:-1], float(vector[-1])
-        record = {tag: float(row[col]) for col, tag in self.layout.tags()}
-        return record, self.layout.codes(row), loss
+    def _vector(self):
+        return self._fn(*self.batch).numpy()

@@ -29,15 +29,9 @@ import numpy as np
 
 from keras_fanin.health import _stats
 from keras_fanin.health._hook import StepHook
+from keras_fanin.health._units import first_float
 
 _NAMES = ("gradient_health_counter", "gradient_health_steps", "gradient_health_rows")
-
-
-def _first_float(output):
-    for tensor in keras.tree.flatten(output):
-        if hasattr(tensor, "dtype") and jnp.issubdtype(tensor.dtype, jnp.floating):
-            return tensor
-    return None
 
 
 class JaxStepHook(StepHook):
@@ -139,7 +133,7 @@ class JaxStepHook(StepHook):
         def call(*args, **kwargs):
             output = original(*args, **kwargs)
             if self._outputs is not None and unit.index not in self._outputs:
-                out = _first_float(output)
+                out = first_float(output)
                 if out is not None:
                     self._outputs[unit.index] = (unit, out)
             return output

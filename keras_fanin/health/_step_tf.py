@@ -29,13 +29,7 @@ import tensorflow as tf
 
 from keras_fanin.health import _stats
 from keras_fanin.health._hook import StepHook
-
-
-def _first_float(output):
-    for tensor in tf.nest.flatten(output):
-        if tf.is_tensor(tensor) and tensor.dtype.is_floating:
-            return tensor
-    return None
+from keras_fanin.health._units import first_float
 
 
 def _local(variable_factory, strategy):
@@ -192,7 +186,7 @@ class TFStepHook(StepHook):
                 and tf.compat.v1.get_default_graph() is self._train_graph
                 and unit.index not in self._outputs
             ):
-                out = _first_float(output)
+                out = first_float(output)
                 if out is not None:
                     # Reduced at the end of the step, on logged steps only.
                     self._outputs[unit.index] = (unit, out)

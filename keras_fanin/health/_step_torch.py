@@ -14,6 +14,7 @@ import torch
 
 from keras_fanin.health import _stats
 from keras_fanin.health._hook import StepHook
+from keras_fanin.health._units import first_float
 
 
 def _norms(tensors):
@@ -23,13 +24,6 @@ def _norms(tensors):
     if foreach_norm is not None:
         return torch.stack(foreach_norm(tensors))
     return torch.stack([torch.linalg.vector_norm(t) for t in tensors])
-
-
-def _first_float(output):
-    for tensor in keras.tree.flatten(output):
-        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-            return tensor
-    return None
 
 
 class TorchStepHook(StepHook):
@@ -80,7 +74,7 @@ class TorchStepHook(StepHook):
         def call(*args, **kwargs):
             output = original(*args, **kwargs)
             if self._logging and unit.index not in self._outputs:
-                out = _first_float(output)
+                out = first_float(output)
                 if out is not None:
                     self._outputs[unit.index] = (unit, out.detach())
             return output

@@ -6,6 +6,7 @@ Backend-agnostic (keras only): shared by the TensorFlow, JAX and torch hooks.
 import dataclasses
 
 import keras
+import numpy as np
 
 RELUS = frozenset({"relu", "relu6"})
 # A leaky unit whose input is negative for every example still passes
@@ -90,6 +91,16 @@ def find_units(model):
 
     visit(model, "")
     return units
+
+
+def first_float(output):
+    """The first floating-point tensor of a layer's output, or None."""
+    for tensor in keras.tree.flatten(output):
+        dtype = getattr(tensor, "dtype", None)
+        if dtype is not None and not isinstance(tensor, np.ndarray):
+            if keras.backend.standardize_dtype(dtype).startswith(("float", "bfloat")):
+                return tensor
+    return None
 
 
 def weight_slots(units, variables):
