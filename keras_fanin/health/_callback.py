@@ -373,6 +373,15 @@ class GradientHealth(keras.callbacks.Callback):
 
     # -- the real step -------------------------------------------------------
 
+    def _sync(self):
+        """Brings the device state back into the model's variables.
+
+        On JAX, Keras keeps the training state outside the variables during an
+        epoch and writes it back when a callback reads `self.model`; the step
+        buffer and the probe's weights are read after that. Elsewhere a no-op.
+        """
+        return self.model
+
     def _iterations(self):
         accumulation = getattr(
             self.model.optimizer, "gradient_accumulation_steps", None
@@ -381,7 +390,7 @@ class GradientHealth(keras.callbacks.Callback):
         return int(iterations) * (accumulation or 1)
 
     def _nonfinite_now(self):
-        self.model  # on JAX, reading the model syncs the state the hook reads  # noqa: B018
+        self._sync()
         return self._hook.nonfinite()
 
     def _logged_between(self, first, last):
@@ -432,7 +441,7 @@ class GradientHealth(keras.callbacks.Callback):
     def _flush(self):
         """Reads the step buffer once and writes, records and checks its rows."""
         hook = self._hook
-        self.model  # on JAX, reading the model syncs the state the hook reads  # noqa: B018
+        self._sync()
         steps, rows = hook.read()
         self._step = hook.read_counter()
         self._epoch_start = self._step
@@ -462,7 +471,7 @@ class GradientHealth(keras.callbacks.Callback):
     # -- the probe -----------------------------------------------------------
 
     def _measure_probe(self, step):
-        self.model  # on JAX, reading the model syncs the weights the probe reads  # noqa: B018
+        self._sync()
         record, codes, loss = self._probe.measure()
         self._probe_last = step
         for tag, value in record.items():
