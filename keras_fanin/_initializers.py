@@ -7,6 +7,7 @@ Only `keras.*` APIs are used, so they run on any Keras backend.
 """
 
 import math
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -18,10 +19,14 @@ from keras_fanin._fans import (
     compute_fans,
     fan_for_mode,
 )
+from keras_fanin._gains import is_activation, names_activation, resolve_gain
+from keras_fanin._seeds import check_seed as _check_seed
+from keras_fanin._seeds import note_draw
 from keras_fanin._validation import (
     check_non_negative_float32,
     check_one_of,
     check_positive_float32,
+    describe,
 )
 
 DISTRIBUTIONS = ("truncated_normal", "normal", "uniform")
@@ -58,15 +63,31 @@ _FLOAT_RANGE = {
 }
 
 
-def _check_seed(seed):
-    if seed is None or isinstance(seed, (dict, keras.random.SeedGenerator)):
-        return seed
-    if isinstance(seed, int) and not isinstance(seed, bool):
-        return seed
-    raise TypeError(
-        "Argument `seed` must be None, an int or a `keras.random.SeedGenerator`. "
-        f"Received: seed={seed!r} of type {type(seed).__name__}"
+# erf(sqrt(2)): the mass of a standard normal within two sigmas.
+_ERF_SQRT2 = math.erf(math.sqrt(2.0))
+
+
+def _truncate(values, sigma):
+    """Maps the draws beyond two sigmas into them, keeping the truncated law.
+
+    Keras's torch backend keeps the first of four normal draws that lands
+    within two sigmas, and an out-of-range one when all four miss (p = 4e-6:
+    about 40 values past 2 sigmas, some past 3, in 1e7 draws). Such a value
+    `x` is a normal conditioned on `|x| > 2`; `p = P(2 < |X| < |x|) / P(|X| > 2)`
+    is then uniform, and `sqrt(2) * erfinv(erf(sqrt(2)) * (2p - 1))` is a
+    normal truncated to two sigmas, as the kept draws are.
+    """
+    dtype = keras.backend.standardize_dtype(values.dtype)
+    z = keras.ops.cast(values, "float32") / sigma
+    tail = (keras.ops.erf(keras.ops.abs(z) / math.sqrt(2.0)) - _ERF_SQRT2) / (
+        1.0 - _ERF_SQRT2
     )
+    tail = keras.ops.clip(tail, 0.0, 1.0)
+    inside = keras.ops.clip(
+        math.sqrt(2.0) * keras.ops.erfinv(_ERF_SQRT2 * (2.0 * tail - 1.0)), -2.0, 2.0
+    )
+    inside = keras.ops.cast(inside * sigma, dtype)
+    return keras.ops.where(keras.ops.abs(z) > 2.0, inside, values)
 
 
 @keras.saving.register_keras_serializable(package="keras_fanin")
@@ -77,7 +98,12 @@ class FanScaling(keras.initializers.VarianceScaling):
     `(fan_in + fan_out) / 2` for `mode` `"fan_in"`, `"fan_out"`, `"fan_avg"`.
     This is the general form that `He`, `LeCun` and `Xavier` specialise. The
     `gain` is a hyperparameter: a multiplier on the standard deviation worth
-    tuning once the more important hyperparameters are settled.
+    tuning once the more important hyperparameters are settled. Given an
+    activation instead of a number (`gain="gelu"`,
+    `gain=keras.activations.silu`), the gain is `calculate_gain(activation)`:
+    what PyTorch's `kaiming_normal_(nonlinearity=...)` draws with `"fan_in"`.
+    The config stores the resolved number (and, as `gain_source`, the
+    activation's name for reading), so a saved model never needs the function.
 
     Fans follow Keras's layout: a kernel is `(..., in, out)` and the leading
     axes of a rank >= 3 kernel (a convolution's receptive field) multiply both
@@ -105,10 +131,14 @@ class FanScaling(keras.initializers.VarianceScaling):
     >>> init = keras_fanin.FanScaling(gain=2.0, mode="fan_avg")
     >>> values = init(shape=(256, 128))
     >>> layer = keras.layers.Dense(128, kernel_initializer=init)
+    >>> silu = keras_fanin.FanScaling(gain=keras.activations.silu)
+    >>> layer = keras.layers.Dense(128, "silu", kernel_initializer=silu)
 
     Args:
         gain: Positive finite float, the multiplier on the standard deviation;
-            float32 must hold it (at most `3.4e38`).
+            float32 must hold it (at most `3.4e38`). Or an activation (a
+            name, an elementwise function, a Keras activation layer): its
+            `calculate_gain`.
         mode: One of `"fan_in"`, `"fan_out"`, `"fan_avg"`.
         distribution: One of `"truncated_normal"`, `"normal"`, `"uniform"`.
         seed: None, an int, or a `keras.random.SeedGenerator`. An int or `None`
@@ -118,25 +148,55 @@ class FanScaling(keras.initializers.VarianceScaling):
         input_axes: Optional list of the kernel axes holding the input units.
         output_axes: Optional list of the kernel axes holding the output units.
             Both must be given for either to take effect.
+        gain_source: The name of the activation a numeric `gain` came from,
+            kept for reading; `get_config` fills it in. Leave it `None`.
 
     Reference:
         - [LeCun et al., 1998](http://yann.lecun.com/exdb/publis/pdf/lecun-98b.pdf)
+        - [He et al., 2015](https://arxiv.org/abs/1502.01852)
     """
 
     def __init__(
         self,
-        gain: float = 1.0,
+        gain: float | str | Callable = 1.0,
         mode: str = "fan_in",
         distribution: str = "truncated_normal",
         seed: int | keras.random.SeedGenerator | None = None,
         input_axes: list[int] | None = None,
         output_axes: list[int] | None = None,
+        gain_source: str | None = None,
     ):
-        self._setup(gain, mode, 1.0, distribution, seed, input_axes, output_axes)
+        self._setup(
+            gain, mode, 1.0, distribution, seed, input_axes, output_axes, gain_source
+        )
 
-    def _setup(self, gain, mode, numerator, distribution, seed, input_axes, axes_out):
+    def _setup(
+        self,
+        gain,
+        mode,
+        numerator,
+        distribution,
+        seed,
+        input_axes,
+        axes_out,
+        gain_source=None,
+    ):
         """Validates every argument, then lets Keras's base class store its own."""
-        gain = check_positive_float32("gain", gain)
+        if gain_source is not None:
+            if is_activation(gain):
+                raise ValueError(
+                    "Argument `gain_source` names the activation a numeric `gain` "
+                    "came from; it must be None when `gain` is an activation. "
+                    f"Received: gain={describe(gain)}, "
+                    f"gain_source={describe(gain_source)}"
+                )
+            if not isinstance(gain_source, str):
+                raise TypeError(
+                    "Argument `gain_source` must be None or a string. "
+                    f"Received: gain_source={describe(gain_source)} of type "
+                    f"{type(gain_source).__name__}"
+                )
+        gain, source = resolve_gain(gain)
         check_one_of("mode", mode, MODES)
         check_one_of("distribution", distribution, DISTRIBUTIONS)
         seed = _check_seed(seed)
@@ -150,6 +210,7 @@ class FanScaling(keras.initializers.VarianceScaling):
             output_axes=axes_out,
         )
         self.gain = gain
+        self.gain_source = source if source is not None else gain_source
         self.distribution = distribution
         self.scale = gain**2 * numerator  # the variance multiplier, Keras's name
         self._numerator = numerator
@@ -169,6 +230,8 @@ class FanScaling(keras.initializers.VarianceScaling):
 
     def _std_arguments(self):
         """The arguments that set the std, for error messages."""
+        if self.gain_source is not None:
+            return f"gain={self.gain!r} (from {self.gain_source!r})"
         return f"gain={self.gain!r}"
 
     def _check_draw(self, shape, dtype, stddev, requested=None):
@@ -223,13 +286,18 @@ class FanScaling(keras.initializers.VarianceScaling):
         drawn = keras.backend.standardize_dtype(values.dtype)
         if drawn != dtype:  # JAX without x64 draws float64 as float32
             self._check_draw(shape, drawn, stddev, requested=dtype)
+        note_draw(self, shape)
         return values
 
     def _draw(self, shape, dtype, stddev):
         if self.distribution == "truncated_normal":
-            return keras.random.truncated_normal(
-                shape, stddev=stddev / _TRUNCATED_STD, dtype=dtype, seed=self.seed
+            sigma = stddev / _TRUNCATED_STD
+            values = keras.random.truncated_normal(
+                shape, stddev=sigma, dtype=dtype, seed=self.seed
             )
+            if keras.backend.backend() == "torch":
+                values = _truncate(values, sigma)
+            return values
         if self.distribution == "normal":
             return keras.random.normal(
                 shape, stddev=stddev, dtype=dtype, seed=self.seed
@@ -255,7 +323,7 @@ class FanScaling(keras.initializers.VarianceScaling):
         }
 
     def get_config(self):
-        return self._base_config(mode=self.mode)
+        return {**self._base_config(mode=self.mode), "gain_source": self.gain_source}
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -308,6 +376,17 @@ class He(FanScaling):
         input_axes: list[int] | None = None,
         output_axes: list[int] | None = None,
     ):
+        if is_activation(gain) and names_activation(gain):
+            raise ValueError(
+                "Argument `gain` of `He` must be a number: He already carries "
+                "the ReLU's gain sqrt(2) (and a leaky ReLU's through "
+                "`negative_slope`), and `gain` multiplies on top of it, so an "
+                "activation's gain would be applied twice. For another "
+                f"activation use keras_fanin.LeCun(gain={describe(gain)}) or "
+                f"keras_fanin.FanScaling(gain={describe(gain)}). "
+                f"Received: gain={describe(gain)}"
+            )
+        check_positive_float32("gain", gain)
         slope = check_non_negative_float32("negative_slope", negative_slope)
         self._setup(
             gain,
@@ -334,8 +413,10 @@ class LeCun(FanScaling):
     `stddev = gain * sqrt(1 / fan_in)`
 
     Keeps the variance of a layer's pre-activations equal to that of its inputs.
-    It is the right scale for tanh (try `gain=calculate_gain("tanh")`) and the
-    one self-normalising SELU networks require; for ReLU use `He`.
+    With gain 1 it is the init self-normalising SELU networks require; for
+    another activation pass it as `gain` (`LeCun(gain="gelu")` draws
+    `calculate_gain("gelu") / sqrt(fan_in)`, as PyTorch's
+    `kaiming_normal_(nonlinearity=...)` does); for ReLU use `He`.
 
     Examples:
 
@@ -343,15 +424,21 @@ class LeCun(FanScaling):
     >>> layer = keras.layers.Dense(
     ...     128, activation="selu", kernel_initializer=keras_fanin.LeCun()
     ... )
+    >>> layer = keras.layers.Dense(
+    ...     128, activation="gelu", kernel_initializer=keras_fanin.LeCun("gelu")
+    ... )
 
     Args:
         gain: Positive finite float, the multiplier on the standard deviation;
-            float32 must hold it.
+            float32 must hold it. Or an activation (a name, an elementwise
+            function, a Keras activation layer): its `calculate_gain`.
         distribution: One of `"truncated_normal"`, `"normal"` (untruncated),
             `"uniform"`; see `FanScaling`.
         seed: None, an int, or a `keras.random.SeedGenerator`; see `FanScaling`.
         input_axes: Optional list of the kernel axes holding the input units.
         output_axes: Optional list of the kernel axes holding the output units.
+        gain_source: The name of the activation a numeric `gain` came from,
+            kept for reading; `get_config` fills it in. Leave it `None`.
 
     Reference:
         - [LeCun et al., 1998](http://yann.lecun.com/exdb/publis/pdf/lecun-98b.pdf)
@@ -360,16 +447,26 @@ class LeCun(FanScaling):
 
     def __init__(
         self,
-        gain: float = 1.0,
+        gain: float | str | Callable = 1.0,
         distribution: str = "truncated_normal",
         seed: int | keras.random.SeedGenerator | None = None,
         input_axes: list[int] | None = None,
         output_axes: list[int] | None = None,
+        gain_source: str | None = None,
     ):
-        self._setup(gain, "fan_in", 1.0, distribution, seed, input_axes, output_axes)
+        self._setup(
+            gain,
+            "fan_in",
+            1.0,
+            distribution,
+            seed,
+            input_axes,
+            output_axes,
+            gain_source,
+        )
 
     def get_config(self):
-        return self._base_config()
+        return {**self._base_config(), "gain_source": self.gain_source}
 
 
 @keras.saving.register_keras_serializable(package="keras_fanin")
@@ -380,7 +477,9 @@ class Xavier(FanScaling):
 
     A compromise between keeping the forward activations (`fan_in`) and the
     backward gradients (`fan_out`) at a constant scale; the usual choice for
-    sigmoid, softmax and linear layers.
+    sigmoid, softmax and linear layers. Given an activation as `gain`
+    (`Xavier(gain="tanh")`), Glorot's std is multiplied by its
+    `calculate_gain`, as PyTorch's `xavier_normal_(gain=calculate_gain("tanh"))`.
 
     Examples:
 
@@ -388,15 +487,21 @@ class Xavier(FanScaling):
     >>> layer = keras.layers.Dense(
     ...     10, activation="softmax", kernel_initializer=keras_fanin.Xavier()
     ... )
+    >>> layer = keras.layers.Dense(
+    ...     64, activation="tanh", kernel_initializer=keras_fanin.Xavier("tanh")
+    ... )
 
     Args:
         gain: Positive finite float, the multiplier on the standard deviation;
-            float32 must hold it.
+            float32 must hold it. Or an activation (a name, an elementwise
+            function, a Keras activation layer): its `calculate_gain`.
         distribution: One of `"truncated_normal"`, `"normal"` (untruncated),
             `"uniform"`; see `FanScaling`.
         seed: None, an int, or a `keras.random.SeedGenerator`; see `FanScaling`.
         input_axes: Optional list of the kernel axes holding the input units.
         output_axes: Optional list of the kernel axes holding the output units.
+        gain_source: The name of the activation a numeric `gain` came from,
+            kept for reading; `get_config` fills it in. Leave it `None`.
 
     Reference:
         - [Glorot & Bengio, 2010](http://proceedings.mlr.press/v9/glorot10a.html)
@@ -404,13 +509,23 @@ class Xavier(FanScaling):
 
     def __init__(
         self,
-        gain: float = 1.0,
+        gain: float | str | Callable = 1.0,
         distribution: str = "truncated_normal",
         seed: int | keras.random.SeedGenerator | None = None,
         input_axes: list[int] | None = None,
         output_axes: list[int] | None = None,
+        gain_source: str | None = None,
     ):
-        self._setup(gain, "fan_avg", 1.0, distribution, seed, input_axes, output_axes)
+        self._setup(
+            gain,
+            "fan_avg",
+            1.0,
+            distribution,
+            seed,
+            input_axes,
+            output_axes,
+            gain_source,
+        )
 
     def get_config(self):
-        return self._base_config()
+        return {**self._base_config(), "gain_source": self.gain_source}

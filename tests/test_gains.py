@@ -105,13 +105,13 @@ def test_huge_slope_gives_a_tiny_gain_not_an_overflow():
 @pytest.mark.parametrize(
     "make_layer, param, error, message",
     [
-        (lambda: keras.layers.ELU(), None, ValueError, r"Argument `nonlinearity` must be a name, an activation function or a Keras `ReLU`, `LeakyReLU` or `Activation` layer.*Received: nonlinearity=<ELU"),
+        (lambda: keras.layers.PReLU(), None, ValueError, r"Argument `nonlinearity` must be a name, an activation function or a Keras `ReLU`, `LeakyReLU`, `ELU`, `Softmax` or `Activation` layer.*Received: nonlinearity=<PReLU"),
         (lambda: keras.layers.Dense(4, activation="relu"), None, ValueError, r"pass `layer.activation`"),
-        (lambda: keras.layers.Activation("gelu"), None, ValueError, r"Unknown nonlinearity 'gelu'"),
+        (lambda: keras.layers.Activation("gelu"), 0.1, ValueError, r"Argument `param` must be None when `nonlinearity` is a Keras layer"),
         (lambda: keras.layers.LeakyReLU(0.2), 0.1, ValueError, r"Argument `param` must be None when `nonlinearity` is a Keras layer, whose own slope is used. Received: param=0.1"),
         (lambda: keras.layers.ReLU(), 0.1, ValueError, r"Argument `param` must be None"),
     ],
-    ids=["ELU", "Dense", "Activation_gelu", "LeakyReLU_param", "ReLU_param"],
+    ids=["PReLU", "Dense", "Activation_gelu_param", "LeakyReLU_param", "ReLU_param"],
 )  # fmt: skip
 def test_bad_layers(make_layer, param, error, message):
     with pytest.raises(error, match=message):
@@ -144,7 +144,7 @@ def test_lecun_with_relu_gain_is_he():
         (("relu", 0.2), ValueError, r"Argument `param` is only used by 'leaky_relu'"),
         ((None,), TypeError, r"Argument `nonlinearity` must be a string, an activation function or a Keras activation layer. Received: nonlinearity=None of type NoneType"),
         (("relu6", 0.2), ValueError, r"Argument `param` is only used by 'leaky_relu' and must be None for 'relu'"),
-        ((keras.activations.elu,), ValueError, r"Unknown nonlinearity 'elu'"),
+        ((keras.activations.elu, 0.5), ValueError, r"Argument `param` is only used by 'leaky_relu' and must be None for 'elu'"),
         (("leaky_relu", float("inf")), ValueError, r"Argument `param` must be a non-negative finite number. Received: param=inf"),
         (("leaky_relu", 10**400), ValueError, r"Argument `param` must be a non-negative finite number. Received: param=<int of 1329 bits>"),
         (("leaky_relu", True), TypeError, r"param=True of type bool"),
@@ -161,8 +161,10 @@ def test_recommended_initializer_comes_from_the_same_table():
     assert recommended_initializer(keras.activations.tanh) == "keras_fanin.LeCun()"
     assert recommended_initializer("sigmoid") == "keras_fanin.Xavier()"
     assert recommended_initializer("softplus_unknown") is None
+    assert recommended_initializer("gelu") == "keras_fanin.LeCun(gain='gelu')"
+    assert recommended_initializer(lambda x: x) is None
     assert recommended_initializer(keras.layers.ReLU()) == "keras_fanin.He()"
     assert recommended_initializer(keras.layers.Activation("tanh")) == (
         "keras_fanin.LeCun()"
     )
-    assert recommended_initializer(keras.layers.ELU()) is None
+    assert recommended_initializer(keras.layers.PReLU()) is None
