@@ -59,7 +59,7 @@ def read_scalars(log_dir, run=TRAIN):
             for e in acc.Tensors(tag)
         ]
         for tag in acc.Tags()["tensors"]
-        if not tag.startswith("custom_scalars")
+        if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"
     }
 
 

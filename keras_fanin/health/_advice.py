@@ -81,6 +81,7 @@ class Advisor:
     def __init__(self, warn, stop_on_nonfinite):
         self.warn, self.stop_on_nonfinite = warn, stop_on_nonfinite
         self._warned = set()
+        self._raised = []  # texts warned since the last `take_raised`
 
     def warn_once(self, key, message):
         """A warning not tied to one measurement (e.g. a signal unavailable)."""
@@ -92,6 +93,12 @@ class Advisor:
             self._warned.add(key)
             text = message() if callable(message) else message
             warnings.warn(text, GradientHealthWarning, stacklevel=3)
+            self._raised.append(text)
+
+    def take_raised(self):
+        """The warnings raised since the last call, for the event file."""
+        raised, self._raised = self._raised, []
+        return raised
 
     def check(self, units, step, record, codes, loss=None, where="batch"):
         """Checks one measurement; returns True when training should stop.

@@ -12,6 +12,7 @@ import numpy as np
 from keras_fanin._validation import check_positive_finite, check_positive_int
 from keras_fanin.health._advice import Advisor
 from keras_fanin.health._layout import SIGNALS, Layout
+from keras_fanin.health._picture import DESCRIPTION, gradient_flow
 from keras_fanin.health._units import find_units
 from keras_fanin.health._writer import EventWriter
 
@@ -30,6 +31,9 @@ CHART_PATTERNS = (
     | {"clip": r"^clip/"}
     | {"probe_loss": r"^probe_loss$"}
 )
+# A gradient-flow picture of `history` every this many logged rows of a run,
+# and one at the end of training: about 12 ms for 30 layers x 1000 steps.
+PICTURE_ROWS = 256
 # Chosen from benchmarks/: a logged step costs up to ~30% of a CPU step on an
 # optimizer-bound MLP, so every 25 steps keeps fit() within about 2%.
 DEFAULT_EVERY_N_STEPS = 25
@@ -284,6 +288,8 @@ class GradientHealth(keras.callbacks.Callback):
         self._flushed_through = -1
         self._probe_last = None
         self._layout_written = False
+        self._since_picture = {}  # run -> rows logged since its last picture
+        self._tabled = set()  # runs whose open writer has the layer table
 
     # -- Keras hooks ---------------------------------------------------------
 
@@ -338,6 +344,8 @@ class GradientHealth(keras.callbacks.Callback):
                 self._step = self._iterations()
             if self._probe is not None and self._step != self._probe_last:
                 self._measure_probe(self._step)
+            for run in list(self._since_picture):
+                self._picture(run, force=True)
         finally:
             if self._hook is not None:
                 self._hook.uninstall()
@@ -361,6 +369,7 @@ class GradientHealth(keras.callbacks.Callback):
             + ". Call the optimizer in your train_step, or pass `data=` for the "
             "probe's gradient norms.",
         )
+        self._log_warnings(self._writer(TRAIN_RUN), self._step)
 
     def close(self):
         """Flushes and closes the event files (also done at the end of training).
@@ -370,6 +379,7 @@ class GradientHealth(keras.callbacks.Callback):
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
+        self._tabled.clear()
 
     # -- the real step -------------------------------------------------------
 
@@ -451,6 +461,7 @@ class GradientHealth(keras.callbacks.Callback):
         layout = hook.layout
         tags = layout.tags()
         writer = self._writer(TRAIN_RUN)
+        self._write_layers(TRAIN_RUN, writer, self._units, int(steps[new].min()))
         stop = False
         for i in new[np.argsort(steps[new])]:
             step, row = int(steps[i]), rows[i]
@@ -462,7 +473,9 @@ class GradientHealth(keras.callbacks.Callback):
             stop |= self._advisor.check(
                 self._units, step, record, layout.codes(row), where="batch"
             )
+            self._log_warnings(writer, step)
         self._flushed_through = int(steps[new].max())
+        self._picture(TRAIN_RUN, new_rows=len(new))
         if writer is not None:
             writer.flush()
         if stop:
@@ -478,15 +491,63 @@ class GradientHealth(keras.callbacks.Callback):
             _record(self.probe_history, tag, step, value)
         _record(self.probe_history, "probe_loss", step, loss)
         writer = self._writer(PROBE_RUN)
+        self._write_layers(PROBE_RUN, writer, self._probe.units, step)
         if writer is not None:
             writer.write_step(step, {**record, "probe_loss": loss})
-            writer.flush()
         if self._advisor.check(
             self._probe.units, step, record, codes, loss=loss, where="probe"
         ):
             self.model.stop_training = True
+        self._log_warnings(writer, step)
+        self._picture(PROBE_RUN, new_rows=1)
+        if writer is not None:
+            writer.flush()
 
     # -- writing ---------------------------------------------------------------
+
+    def _log_warnings(self, writer, step):
+        """Writes the warnings just raised as text, for `keras_fanin.report`."""
+        raised = self._advisor.take_raised()
+        if raised and writer is not None:
+            writer.write_text(step, "warnings", raised)
+
+    def _write_layers(self, run, writer, units, step):
+        """Writes the watched layers once per event file, in forward order."""
+        if writer is None or run in self._tabled or not units:
+            return
+        self._tabled.add(run)
+        writer.write_text(
+            step,
+            "layers",
+            [
+                (u.name, u.activation or "", "kernel" if u.has_kernel else "")
+                for u in units
+            ],
+        )
+
+    def _picture(self, run, new_rows=0, force=False):
+        """Writes the run's gradient-flow picture when `PICTURE_ROWS` are new."""
+        rows = self._since_picture.get(run, 0) + new_rows
+        self._since_picture[run] = rows
+        if not rows or (rows < PICTURE_ROWS and not force):
+            return
+        self._since_picture[run] = 0
+        writer = self._writer(run)
+        if writer is None:
+            return
+        if run == TRAIN_RUN:
+            history, units = self.history, self._units
+        else:
+            history, units = self.probe_history, self._probe.units
+        picture = gradient_flow(history, [u.name for u in units or ()])
+        if picture is None:
+            return
+        step = picture.steps[1]
+        png = picture.png()
+        writer.write_image(
+            step, "gradient_flow", png, picture.width, picture.height, DESCRIPTION
+        )
+        writer.write_text(step, "gradient_flow_legend", [picture.legend()])
 
     def _writer(self, run):
         """The run's event writer, opened on first use; None on a non-chief."""

@@ -20,7 +20,9 @@ import keras
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as cs_metadata
+from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
+from tensorboard.plugins.text import metadata as text_metadata
 
 _files_opened = 0
 
@@ -187,6 +189,48 @@ class EventWriter:
             ),
             metadata=cs_metadata.create_summary_metadata(),
         )
+        self._add(event)
+
+    def write_image(self, step, tag, png, width, height, description=""):
+        """Writes one PNG image at `step`, as `tf.summary.image` stores it.
+
+        The images plugin reads a string tensor `[width, height, png, ...]`.
+        """
+        metadata = image_metadata.create_summary_metadata(
+            display_name=tag, description=description
+        )
+        metadata.data_class = summary_pb2.DataClass.DATA_CLASS_BLOB_SEQUENCE
+        tensor = tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_STRING,
+            string_val=[str(width).encode(), str(height).encode(), png],
+        )
+        tensor.tensor_shape.dim.add(size=3)
+        self._add_value(step, tag, tensor, metadata)
+
+    def write_text(self, step, tag, rows):
+        """Writes strings at `step` for the text plugin (its TEXT tab).
+
+        `rows` is a list of strings (shown as a one-column table) or of
+        equal-length lists of strings (a table).
+        """
+        table = bool(rows) and not isinstance(rows[0], str)
+        array = [list(r) if table else [r] for r in rows]
+        metadata = text_metadata.create_summary_metadata(
+            display_name=tag, description=""
+        )
+        metadata.data_class = summary_pb2.DataClass.DATA_CLASS_TENSOR
+        tensor = tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_STRING,
+            string_val=[cell.encode() for row in array for cell in row],
+        )
+        tensor.tensor_shape.dim.add(size=len(array))
+        if table:
+            tensor.tensor_shape.dim.add(size=len(array[0]))
+        self._add_value(step, tag, tensor, metadata)
+
+    def _add_value(self, step, tag, tensor, metadata):
+        event = event_pb2.Event(wall_time=time.time(), step=int(step))
+        event.summary.value.add(tag=tag, tensor=tensor, metadata=metadata)
         self._add(event)
 
     def flush(self):

@@ -1,0 +1,7 @@
+"""`python -m keras_fanin`: the `keras-fanin` command."""
+
+import sys
+
+from keras_fanin._cli import main
+
+sys.exit(main())

@@ -1,0 +1,498 @@
+"""`keras_fanin.report`: what GradientHealth logged, read back from its event files.
+
+The event files are streamed once with TensorBoard's own reader
+(`event_file_loader.EventFileLoader`, the loader inside its
+`EventAccumulator`, with the same compatibility migrations): a long run's
+history is kept as float64 arrays rather than one protobuf object per point,
+and a file-by-file count can be shown while a large directory is read.
+"""
+
+import array
+import dataclasses
+import json
+import math
+import os
+import re
+
+import numpy as np
+
+from keras_fanin.health._advice import (
+    DEAD_WARN_FRACTION,
+    DEPTH_RATIO_WARN,
+    SATURATED_WARN_FRACTION,
+)
+from keras_fanin.health._layout import SIGNALS
+from keras_fanin.health._picture import FRACTIONS, gradient_flow, layer_rows
+from keras_fanin.health._units import RELUS
+
+RUN_NAME = "gradient_health"
+RUNS = ("train", "probe")
+WIDTH = 100
+NAME_WIDTH = 28
+
+
+@dataclasses.dataclass
+class LayerReport:
+    """One layer's row: the latest values and when each condition began.
+
+    `dead_fraction` is the fraction of units negative for every example
+    (leaky ReLUs are measured too, but never called dead), `saturated_fraction`
+    that of saturated sigmoid or tanh outputs; `first_*_step` is the first
+    logged step over the warning threshold (None if never), skipping steps
+    with a NaN or inf, where the advice skips them too.
+    """
+
+    name: str
+    activation: str | None
+    grad_norm: float | None
+    update_ratio: float | None
+    dead_fraction: float | None
+    saturated_fraction: float | None
+    first_dead_step: int | None
+    first_saturated_step: int | None
+    first_nonfinite_step: int | None
+
+
+@dataclasses.dataclass
+class RunReport:
+    """One run (`gradient_health/train` or `gradient_health/probe`)."""
+
+    run: str
+    first_step: int | None
+    last_step: int | None
+    logged_steps: int
+    layers: list[LayerReport]
+    vanishing_since: int | None
+    exploding_since: int | None
+    probe_loss: float | None
+    warnings: list[tuple[int, str]]
+    history: dict = dataclasses.field(repr=False)  # {tag: (steps, values)}
+
+    def picture(self):
+        """The gradient-flow `Picture` of the whole run (None without layers)."""
+        return gradient_flow(self.history, [layer.name for layer in self.layers])
+
+
+@dataclasses.dataclass
+class Report:
+    """What `keras_fanin.report` returns: one `RunReport` per run found.
+
+    `str(report)` is the table `keras-fanin report` prints (100 columns);
+    `to_dict()` the data `--json` prints.
+    """
+
+    log_dir: str
+    runs: dict[str, RunReport]
+
+    def picture(self, run=None):
+        """The gradient-flow picture of `run` (default: train, else probe)."""
+        if run is None:
+            run = next(iter(self.runs))
+        return self.runs[run].picture()
+
+    def to_dict(self):
+        """Plain data for JSON: NaN and inf become the strings "nan", "inf"."""
+        runs = {}
+        for name, run in self.runs.items():
+            data = {
+                f.name: getattr(run, f.name)
+                for f in dataclasses.fields(run)
+                if f.name not in ("run", "history", "layers", "warnings")
+            }
+            data["layers"] = [dataclasses.asdict(layer) for layer in run.layers]
+            data["warnings"] = [{"step": s, "text": t} for s, t in run.warnings]
+            runs[name] = data
+        return _jsonable({"log_dir": self.log_dir, "runs": runs})
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
+    def __str__(self):
+        return "\n\n".join(_format_run(run) for run in self.runs.values())
+
+
+def report(log_dir: str | os.PathLike, progress=None) -> Report:
+    """Reads GradientHealth's event files under `log_dir` into a `Report`.
+
+    Per layer, in forward order: the latest grad norm, update ratio and
+    dead-ReLU or saturated fraction; the first step at which each crossed
+    GradientHealth's warning threshold, and the first with a NaN or inf; per
+    run, the first step with vanishing or exploding gradients (first over
+    last kernel layer's grad norm beyond 1000x) and the warnings
+    GradientHealth raised. Works on logs from any backend, and on runs that
+    were interrupted (the steps flushed so far) or diverged (NaN and inf are
+    reported, not errors).
+
+    Examples:
+
+    >>> health = keras_fanin.GradientHealth("logs")
+    >>> model.fit(x, y, epochs=5, callbacks=[health])
+    >>> print(keras_fanin.report("logs"))
+    >>> keras_fanin.report("logs").runs["gradient_health/train"].layers[0]
+
+    or `keras-fanin report logs [--json] [--png flow.png]` in a shell.
+
+    Args:
+        log_dir: The `log_dir` given to `GradientHealth` (or its
+            `gradient_health` subdirectory).
+        progress: Optional callable receiving a short progress line while
+            event files are read.
+
+    Raises:
+        ValueError: when `log_dir` holds no GradientHealth event files.
+    """
+    if not isinstance(log_dir, str | os.PathLike):
+        raise TypeError(
+            "Argument `log_dir` must be a path (str or os.PathLike). "
+            f"Received: log_dir={log_dir!r} of type {type(log_dir).__name__}"
+        )
+    log_dir = os.fspath(log_dir)
+    if progress is not None and not callable(progress):
+        raise TypeError(
+            f"Argument `progress` must be callable or None. Received: "
+            f"progress={progress!r}"
+        )
+    runs = _find_runs(log_dir)
+    if not runs:
+        raise ValueError(
+            f"No GradientHealth logs in log_dir={log_dir!r}: expected event "
+            f"files under {os.path.join(log_dir, RUN_NAME, 'train')!r} or "
+            f"{os.path.join(log_dir, RUN_NAME, 'probe')!r}, as written by "
+            "keras_fanin.GradientHealth(log_dir)."
+        )
+    total = sum(len(files) for files in runs.values())
+    done = 0
+    out = {}
+    for run, files in runs.items():
+        reader = _RunReader()
+        for path in files:
+            done += 1
+            reader.read(path, progress and _counter(progress, run, done, total))
+        out[run] = reader.finish(run)
+    if progress is not None:
+        progress("")
+    return Report(log_dir, out)
+
+
+def _counter(progress, run, done, total):
+    def show(events):
+        progress(f"reading {run}: file {done}/{total}, {events} events")
+
+    return show
+
+
+def _gfile():
+    from tensorboard.compat import tf
+
+    return tf.io.gfile
+
+
+def _event_files(directory):
+    gfile = _gfile()
+    try:
+        if not gfile.isdir(directory):
+            return []
+        names = gfile.listdir(directory)
+    except Exception:  # noqa: BLE001 - an unreadable or remote path is "none"
+        return []
+    from tensorboard.backend.event_processing import io_wrapper
+
+    files = [
+        os.path.join(directory, n)
+        for n in names
+        if io_wrapper.IsSummaryEventsFile(os.path.join(directory, n))
+    ]
+
+    def order(path):
+        # events.out.tfevents.<time>.<host>.<pid>.<n>.v2: by time, then n.
+        parts = os.path.basename(path).split(".")
+        numbers = [int(p) if p.isdigit() else 0 for p in (parts[3], parts[-2])]
+        return numbers, path
+
+    return sorted(files, key=order)
+
+
+def _find_runs(log_dir):
+    """`{run: [event file, ...]}` under `log_dir` or its `gradient_health`."""
+    for base in (os.path.join(log_dir, RUN_NAME), log_dir):
+        runs = {
+            f"{RUN_NAME}/{run}": files
+            for run in RUNS
+            if (files := _event_files(os.path.join(base, run)))
+        }
+        if runs:
+            return runs
+    return {}
+
+
+def _strings(tensor):
+    from tensorboard.util import tensor_util
+
+    array = tensor_util.make_ndarray(tensor)
+    return [
+        [c.decode("utf-8", "replace") for c in np.atleast_1d(row)]
+        for row in np.atleast_1d(array)
+    ]
+
+
+class _RunReader:
+    """Streams one run's events into arrays."""
+
+    def __init__(self):
+        self.series = {}  # tag -> (array of steps, array of values)
+        self.bad_steps = set()  # steps with a NaN or inf somewhere
+        self.layers = {}  # name -> (activation, has kernel), newest table last
+        self.warnings = []
+
+    def read(self, path, show=None):
+        from tensorboard.backend.event_processing import event_file_loader
+        from tensorboard.compat.proto import types_pb2
+
+        events = 0
+        for event in event_file_loader.EventFileLoader(path).Load():
+            events += 1
+            if show is not None and events % 5000 == 0:
+                show(events)
+            step = event.step
+            for value in event.summary.value:
+                tag, tensor = value.tag, value.tensor
+                if tag == "layers":
+                    self._table(_strings(tensor))
+                elif tag == "warnings":
+                    self.warnings += [(step, row[0]) for row in _strings(tensor)]
+                elif tensor.dtype not in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE):
+                    continue  # pictures, legends, the custom-scalars layout
+                else:
+                    number = (
+                        tensor.float_val[0]
+                        if len(tensor.float_val) == 1
+                        else float(np.ravel(_ndarray(tensor))[0])
+                    )
+                    steps, values = self.series.setdefault(
+                        tag, (array.array("d"), array.array("d"))
+                    )
+                    steps.append(step)
+                    values.append(number)
+                    if not math.isfinite(number):
+                        self.bad_steps.add(step)
+        if show is not None:
+            show(events)
+
+    def _table(self, rows):
+        table = {row[0]: (row[1] or None, row[2] == "kernel") for row in rows}
+        # A later fit's model comes first; layers only an earlier one had follow.
+        self.layers = table | {k: v for k, v in self.layers.items() if k not in table}
+
+    def finish(self, run):
+        history = {
+            tag: (np.frombuffer(s, np.float64), np.frombuffer(v, np.float64))
+            for tag, (s, v) in self.series.items()
+        }
+        bad = np.array(sorted(self.bad_steps), np.float64)
+        names = layer_rows(history, list(self.layers) or None)
+        layers = [self._layer(name, history, bad) for name in names]
+        per_layer = [
+            s for tag, (s, _) in history.items() if tag.partition("/")[0] in SIGNALS
+        ]
+        if "probe_loss" in history:
+            per_layer.append(history["probe_loss"][0])
+        steps = np.unique(np.concatenate(per_layer)) if per_layer else np.zeros(0)
+        vanishing, exploding = self._depth(history, names, bad)
+        loss = history.get("probe_loss")
+        return RunReport(
+            run=run,
+            first_step=int(steps[0]) if len(steps) else None,
+            last_step=int(steps[-1]) if len(steps) else None,
+            logged_steps=len(steps),
+            layers=layers,
+            vanishing_since=vanishing,
+            exploding_since=exploding,
+            probe_loss=float(loss[1][-1]) if loss is not None else None,
+            warnings=self.warnings,
+            history=history,
+        )
+
+    def _layer(self, name, history, bad):
+        activation, _ = self.layers.get(name, (None, False))
+
+        def latest(signal):
+            series = history.get(f"{signal}/{name}")
+            return float(series[1][-1]) if series is not None else None
+
+        def first_over(signal, threshold):
+            series = history.get(f"{signal}/{name}")
+            if series is None:
+                return None
+            steps, values = series
+            with np.errstate(invalid="ignore"):
+                over = (values > threshold) & ~np.isin(steps, bad)
+            return int(steps[over].min()) if over.any() else None
+
+        saturated = next(
+            (f for f in FRACTIONS[1:] if f"{f}/{name}" in history), FRACTIONS[1]
+        )
+        # Without the layer table (older logs) a leaky ReLU cannot be told
+        # from a ReLU: both are judged as ReLUs.
+        is_relu = activation is None or activation in RELUS
+        nonfinite = [
+            series[0][~np.isfinite(series[1])]
+            for signal in SIGNALS
+            if (series := history.get(f"{signal}/{name}")) is not None
+        ]
+        nonfinite = np.concatenate(nonfinite) if nonfinite else np.zeros(0)
+        return LayerReport(
+            name=name,
+            activation=activation,
+            grad_norm=latest("grad_norm"),
+            update_ratio=latest("update_ratio"),
+            dead_fraction=latest("dead_relu_fraction"),
+            saturated_fraction=latest(saturated),
+            first_dead_step=(
+                first_over("dead_relu_fraction", DEAD_WARN_FRACTION)
+                if is_relu
+                else None
+            ),
+            first_saturated_step=first_over(saturated, SATURATED_WARN_FRACTION),
+            first_nonfinite_step=int(nonfinite.min()) if len(nonfinite) else None,
+        )
+
+    def _depth(self, history, names, bad):
+        """First steps of vanishing and exploding gradients, as the advice judges.
+
+        First over last layer's grad norm, among layers with a kernel (all
+        layers with a grad norm when the logs lack the layer table).
+        """
+        kernels = [
+            n
+            for n in names
+            if f"grad_norm/{n}" in history
+            and (not self.layers or self.layers.get(n, (None, False))[1])
+        ]
+        if len(kernels) < 2:
+            return None, None
+        s_first, g_first = history[f"grad_norm/{kernels[0]}"]
+        s_last, g_last = history[f"grad_norm/{kernels[-1]}"]
+        steps, i, j = np.intersect1d(s_first, s_last, return_indices=True)
+        ok = ~np.isin(steps, bad) & (g_last[j] > 0)
+        steps, ratio = steps[ok], g_first[i][ok] / g_last[j][ok]
+
+        def first(mask):
+            return int(steps[mask].min()) if mask.any() else None
+
+        return first(ratio < 1 / DEPTH_RATIO_WARN), first(ratio > DEPTH_RATIO_WARN)
+
+
+def _ndarray(tensor):
+    from tensorboard.util import tensor_util
+
+    return tensor_util.make_ndarray(tensor)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan", "inf", "-inf": strict JSON has no NaN
+    return value
+
+
+def _number(value):
+    """Three significant figures; "-" for a signal the layer does not have."""
+    if value is None:
+        return "-"
+    return f"{value:.3g}"
+
+
+def short_name(name, width=NAME_WIDTH):
+    """`name` cut to `width` characters, keeping both ends (nested names)."""
+    if len(name) <= width:
+        return name
+    head = (width - 3) // 2
+    return name[:head] + "..." + name[-(width - 3 - head) :]
+
+
+_COLUMNS = (
+    ("layer", NAME_WIDTH, "<"),
+    ("activation", 10, "<"),
+    ("grad norm", 9, ">"),
+    ("update", 9, ">"),
+    ("dead/sat", 8, ">"),
+    ("crossed at", 10, ">"),
+    ("non-finite at", 13, ">"),
+)
+
+
+def _row(cells):
+    columns = zip(cells, _COLUMNS, strict=True)
+    return " ".join(f"{c:{align}{width}}" for c, (_, width, align) in columns).rstrip()
+
+
+def _wrap(text, first, rest):
+    import textwrap
+
+    return textwrap.fill(
+        text,
+        WIDTH,
+        initial_indent=first,
+        subsequent_indent=rest,
+        break_on_hyphens=False,
+    )
+
+
+def _format_run(run):
+    if run.logged_steps:
+        span = f"steps {run.first_step} to {run.last_step} ({run.logged_steps} logged)"
+    else:
+        span = "no steps logged"
+    lines = [f"{run.run}: {span}"]
+    if run.probe_loss is not None:
+        lines[0] += f", probe loss {_number(run.probe_loss)}"
+    lines.append(_row([title for title, _, _ in _COLUMNS]))
+    for layer in run.layers:
+        fraction = layer.dead_fraction
+        if fraction is None:
+            fraction = layer.saturated_fraction
+        crossed = layer.first_dead_step
+        if crossed is None:
+            crossed = layer.first_saturated_step
+        lines.append(
+            _row(
+                [
+                    short_name(layer.name),
+                    (layer.activation or "")[:10],
+                    _number(layer.grad_norm),
+                    _number(layer.update_ratio),
+                    _number(fraction),
+                    "-" if crossed is None else str(crossed),
+                    "-"
+                    if layer.first_nonfinite_step is None
+                    else str(layer.first_nonfinite_step),
+                ]
+            )  # fmt: skip
+        )
+    lines.append(
+        _wrap(
+            f"update: ||w_after - w_before|| / ||w_before||. crossed at: the first "
+            f"step with a dead-ReLU fraction over {DEAD_WARN_FRACTION:g} or a "
+            f"saturated fraction over {SATURATED_WARN_FRACTION:g}.",
+            "",
+            "",
+        )
+    )
+    for kind, step in (("vanishing", run.vanishing_since),
+                       ("exploding", run.exploding_since)):  # fmt: skip
+        if step is not None:
+            lines.append(
+                f"{kind} gradients from step {step} (first over last kernel "
+                f"layer's grad norm beyond {DEPTH_RATIO_WARN:g}x)"
+            )
+    if run.warnings:
+        lines.append(f"warnings ({len(run.warnings)}):")
+        for step, text in run.warnings:
+            text = re.sub(r"^GradientHealth: ", "", text)
+            lines.append(_wrap(text, f"  step {step}: ", "    "))
+    else:
+        lines.append("warnings: none")
+    return "\n".join(lines)
