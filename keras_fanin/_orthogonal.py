@@ -143,12 +143,23 @@ class Orthogonal(keras.initializers.Initializer):
                 `dtype` cannot hold `gain`.
         """
         shape, dtype = self._check_call(shape, dtype)
-        rows, cols = math.prod(shape[:-1]), shape[-1]
-        if rows == 0 or cols == 0:
+        if 0 in shape:
             return keras.ops.zeros(shape, dtype=dtype)
-        self._check_gain_fits(dtype, 1.0 / math.sqrt(max(rows, cols)))
+        self._check_gain_fits(dtype, self._typical_entry(shape))
+        return keras.ops.cast(self.gain * self._unit(shape, dtype), dtype)
+
+    def _typical_entry(self, shape):
+        return 1.0 / math.sqrt(max(math.prod(shape[:-1]), shape[-1]))
+
+    def _unit(self, shape, dtype):
+        """The draw with gain 1, in float32 (float64 for a float64 `dtype`).
+
+        `lsuv` rescales this same tensor, so that the kernels it sets are
+        bit for bit those that `Orthogonal(gain, seed)` draws from a config.
+        """
+        rows, cols = math.prod(shape[:-1]), shape[-1]
         q = _orthogonal_matrix(rows, cols, dtype, self.seed)
-        return keras.ops.cast(self.gain * keras.ops.reshape(q, shape), dtype)
+        return keras.ops.reshape(q, shape)
 
     def get_config(self):
         return {
@@ -208,8 +219,11 @@ class DeltaOrthogonal(Orthogonal):
                 kernel has more input than output channels, or `dtype` cannot
                 hold `gain`.
         """
-        shape, dtype = self._check_call(shape, dtype)
-        spatial, (fan_in, fan_out) = shape[:-2], shape[-2:]
+        return super().__call__(shape, dtype)
+
+    def _check_call(self, shape, dtype):
+        shape, dtype = super()._check_call(shape, dtype)
+        fan_in, fan_out = shape[-2:]
         if fan_in > fan_out:
             raise ValueError(
                 "DeltaOrthogonal needs at most as many input as output channels "
@@ -217,11 +231,15 @@ class DeltaOrthogonal(Orthogonal):
                 f"loss only when in <= out). Received: shape={shape} with "
                 f"in={fan_in} > out={fan_out}"
             )
-        if 0 in shape:
-            return keras.ops.zeros(shape, dtype=dtype)
-        self._check_gain_fits(dtype, 1.0 / math.sqrt(fan_out))
-        h = self.gain * _orthogonal_matrix(fan_in, fan_out, dtype, self.seed)
-        centre = [0] * math.prod(spatial)
+        return shape, dtype
+
+    def _typical_entry(self, shape):
+        return 1.0 / math.sqrt(shape[-1])
+
+    def _unit(self, shape, dtype):
+        spatial, (fan_in, fan_out) = shape[:-2], shape[-2:]
+        h = _orthogonal_matrix(fan_in, fan_out, dtype, self.seed)
+        centre = [0.0] * math.prod(spatial)
         flat_centre = 0
         for k in spatial:
             flat_centre = flat_centre * k + k // 2
@@ -229,4 +247,4 @@ class DeltaOrthogonal(Orthogonal):
         tap = keras.ops.reshape(
             keras.ops.convert_to_tensor(centre, dtype=h.dtype), (*spatial, 1, 1)
         )
-        return keras.ops.cast(tap * h, dtype)
+        return tap * h
