@@ -51,9 +51,10 @@ _MAX_INPUT_VALUES = 2**20
 _SEED = 0
 
 LOSS = (
-    "sum(y * r) / batch over the model's float outputs y, r a fixed "
-    "standard-normal tensor (a random projection: its gradient at the output "
-    "is standard normal whatever the output's scale)"
+    "sum(y * r) / batch over the model's float outputs y, with "
+    "r = numpy.random.default_rng(0).standard_normal(y.shape) (a random "
+    "projection: its gradient at the output is standard normal whatever the "
+    "output's scale)"
 )
 
 _NORMALIZATION = tuple(
@@ -842,9 +843,10 @@ def check(model, x=None) -> CheckReport:
     (the rule `keras_fanin`'s initializers draw); then the signal by depth from
     one training-mode pass on `x` that changes no state (BatchNorm normalises
     with the batch's statistics, as in training), and each kernel's gradient
-    norm for the loss `sum(y * r) / batch`, `r` a fixed standard-normal tensor
-    of the outputs' shape (a random projection: its gradient is standard
-    normal at the output whatever the output's scale).
+    norm for the loss `sum(y * r) / batch`, summed over the float outputs `y`,
+    with `r = numpy.random.default_rng(0).standard_normal(y.shape)` (a random
+    projection: its gradient at the output is standard normal whatever the
+    output's scale, so the norms compare the backward signal by depth).
 
     Verdicts, one line each:
 
