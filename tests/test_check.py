@@ -13,6 +13,7 @@ import pytest
 
 import keras_fanin
 from keras_fanin._check import check, cli_main
+from tests.helpers import run_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -304,3 +305,17 @@ def test_python_m_keras_fanin_check(saved):
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "8 relu layers initialised with LeCun" in proc.stdout
+
+
+def test_jax_backend_in_a_subprocess():
+    code = (
+        "import keras, keras_fanin\n"
+        "from keras_fanin._check import check\n"
+        "def mlp(init):\n"
+        "    return keras.Sequential([keras.Input((16,))] + [keras.layers.Dense(\n"
+        "        32, 'relu', kernel_initializer=init()) for _ in range(8)])\n"
+        "he, lecun = check(mlp(keras_fanin.He)), check(mlp(keras_fanin.LeCun))\n"
+        "print(keras.backend.backend(), he.ok, lecun.ok, lecun.layers[1].grad_norm > 0)\n"
+    )
+    out = run_python(code, env={"KERAS_BACKEND": "jax"})
+    assert out.split() == ["jax", "True", "False", "True"]
