@@ -491,7 +491,14 @@ def _load(path):
             "Argument `model` must be a Keras model or the path of a `.keras` "
             f"file. Received: model={path!r}"
         )
-    return keras.saving.load_model(path, compile=False)
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # noqa: BLE001 - a bad file, in one line
+        detail = " ".join(str(error).split())[:300]
+        raise ValueError(
+            f"Argument `model`: could not load {path!r} "
+            f"({type(error).__name__}: {detail})"
+        ) from error
 
 
 def _check_x(x):
