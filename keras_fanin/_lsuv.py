@@ -45,6 +45,23 @@ _ACTIVATION_LAST = tuple(
 )
 
 
+class _Assign(keras.layers.Layer):
+    """Assigns a variable with no autocast scope open.
+
+    Inside a mixed-precision layer's call, Keras's torch backend assigns into
+    the float16 copy that the scope hands out, and the variable never changes;
+    a layer with `autocast=False` closes the scope while it runs.
+    """
+
+    def __init__(self, variable):
+        super().__init__(autocast=False, dtype=variable.dtype)
+        self.target = lambda: variable  # a function: not tracked as a weight
+
+    def call(self, value):
+        self.target().assign(value)
+        return value
+
+
 class LSUVWarning(UserWarning):
     """Warns that `lsuv` could not bring a layer's output variance to 1."""
 
@@ -173,16 +190,19 @@ def _variance(outputs):
     # The first float output: a Dense or Conv layer has just one.
     for out in keras.tree.flatten(outputs):
         if keras.backend.is_float_dtype(keras.backend.standardize_dtype(out.dtype)):
-            var = keras.ops.var(keras.ops.cast(out, "float32"))
-            return float(keras.ops.convert_to_numpy(var))
+            out = keras.ops.stop_gradient(keras.ops.cast(out, "float32"))
+            return float(keras.ops.var(out))
     raise ValueError("lsuv: a kernel layer returned no floating-point output.")
 
 
 class _Run:
     """The state of one `lsuv` call: which layers are done, and their records."""
 
-    def __init__(self, tol, max_iter, rng):
+    def __init__(self, tol, max_iter, rng, dtypes):
         self.tol, self.max_iter, self.rng = tol, max_iter, rng
+        # Each kernel's own dtype, read outside the call: within a
+        # mixed-precision call `kernel.dtype` is the compute dtype.
+        self.dtypes = dtypes
         self.records = {}  # layer id -> LSUVRecord, in the order reached
         self.units = {}  # layer id -> (layer, seed, gain)
         self.calls = {}  # layer id -> the layer's own `call`
@@ -205,14 +225,16 @@ class _Run:
     def fit(self, layer, original, args, kwargs):
         kernel = layer.kernel
         shape = tuple(kernel.shape)
-        dtype = keras.backend.standardize_dtype(kernel.dtype)
+        dtype = self.dtypes[id(layer)]
         seed = int(self.rng.integers(1, 2**31 - 1))
         unit = Orthogonal(seed=seed)._unit(shape, dtype)
         activation = getattr(layer, "activation", None)
         linear_first = callable(activation)
+        mixed = keras.backend.standardize_dtype(layer.compute_dtype) != dtype
+        assign = _Assign(kernel) if mixed else kernel.assign
 
         def measure(gain):
-            kernel.assign(keras.ops.cast(gain * unit, dtype))
+            assign(keras.ops.cast(gain * unit, dtype))
             if not linear_first:
                 out = original(*args, **kwargs)
                 return out, _variance(out)
@@ -352,7 +374,11 @@ def lsuv(
             stacklevel=2,
         )
     rng = np.random.default_rng(random.randint(1, 2**31 - 1) if seed is None else seed)
-    run = _Run(tol, max_iter, rng)
+    dtypes = {
+        id(layer): keras.backend.standardize_dtype(layer.kernel.dtype)
+        for layer in layers
+    }
+    run = _Run(tol, max_iter, rng, dtypes)
     saved = [(layer, keras.ops.copy(layer.kernel.value)) for layer in layers]
     try:
         for layer in layers:

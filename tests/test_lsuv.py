@@ -89,7 +89,7 @@ def preactivation_variances(chain, x):
             config = {**layer.get_config(), "activation": "linear"}
             copy = type(layer).from_config(config)
             copy(h)
-            copy.set_weights(layer.get_weights())
+            copy.set_weights([to_numpy(w) for w in layer.weights])
             variances[layer.name] = float(np.var(to_numpy(copy(h))))
         h = layer(h)
     return variances
@@ -151,6 +151,22 @@ def test_subclassed_layers_record_their_scale_in_their_own_config(x):
     record = next(r for r in report if r.layer == dense.name)
     assert dense.get_config()["kernel_initializer"]["config"]["gain"] == record.scale
     assert not any("call" in vars(layer) for layer in chain + [model])
+
+
+def test_mixed_precision_kernels_are_set_in_their_own_dtype(x):
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model, chain = sequential()
+        report = lsuv(model, x, seed=7)
+        rebuilt = keras.Sequential.from_config(model.get_config())
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert all(r.converged and r.iterations >= 1 for r in report[:1])
+    assert all(abs(r.variance_after - 1.0) < TOL for r in report)
+    assert all(layer.kernel.dtype == "float32" for layer in rebuilt.layers[::2])
+    rebuilt_chain = rebuilt.layers
+    for ours, theirs in zip(kernels(chain), kernels(rebuilt_chain), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 class Count(keras.layers.Layer):
