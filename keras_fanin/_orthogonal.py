@@ -7,22 +7,34 @@ backend. `lsuv` bakes the scale it finds into an `Orthogonal`'s `gain`.
 
 import math
 import random
+from collections.abc import Callable
 
 import keras
 
 from keras_fanin._fans import check_shape
-from keras_fanin._initializers import _FLOAT_RANGE, _check_seed
-from keras_fanin._validation import check_positive_float32
+from keras_fanin._gains import is_activation, resolve_gain
+from keras_fanin._initializers import _FLOAT_RANGE
+from keras_fanin._seeds import check_seed
+from keras_fanin._validation import describe
 
 
-def _resolve_gain(gain):
-    """`(float gain, activation name or None)`; activations once `_gains` has them."""
-    try:
-        from keras_fanin._gains import resolve_gain
-    except ImportError:  # numbers only until the gain table resolves activations
-        return check_positive_float32("gain", gain), None
-    value, source = resolve_gain(gain, name="gain")
-    return check_positive_float32("gain", value), source
+def _resolve_gain(gain, gain_source):
+    """`(float gain, activation name or None)`, checked as `FanScaling` checks them."""
+    if gain_source is not None:
+        if is_activation(gain):
+            raise ValueError(
+                "Argument `gain_source` names the activation a numeric `gain` "
+                "came from; it must be None when `gain` is an activation. "
+                f"Received: gain={describe(gain)}, gain_source={describe(gain_source)}"
+            )
+        if not isinstance(gain_source, str):
+            raise TypeError(
+                "Argument `gain_source` must be None or a string. "
+                f"Received: gain_source={describe(gain_source)} of type "
+                f"{type(gain_source).__name__}"
+            )
+    gain, source = resolve_gain(gain)
+    return gain, source if source is not None else gain_source
 
 
 def _orthogonal_matrix(rows, cols, dtype, seed):
@@ -67,23 +79,30 @@ class Orthogonal(keras.initializers.Initializer):
     (Haar) over the orthogonal group: the QR decomposition of a standard normal
     matrix with the signs of R's diagonal moved into Q.
 
-    Unlike Keras's, `gain` is validated and may name an activation once the
-    gain table supports it, and the seed follows Keras's seed rules exactly.
+    Unlike Keras's, `gain` is validated and may be an activation:
+    `Orthogonal(gain="tanh")` draws with `calculate_gain("tanh")`, as PyTorch's
+    `orthogonal_(w, gain=calculate_gain("tanh"))` does. The config stores the
+    resolved number (and, as `gain_source`, the activation's name for
+    reading), so a saved model never needs the function.
 
     Examples:
 
     >>> values = keras_fanin.Orthogonal(gain=2.0, seed=0)(shape=(256, 128))
     >>> layer = keras.layers.Dense(
-    ...     128, activation="tanh", kernel_initializer=keras_fanin.Orthogonal()
+    ...     128, "tanh", kernel_initializer=keras_fanin.Orthogonal(gain="tanh")
     ... )
 
     Args:
         gain: Positive finite float that float32 can hold, the multiplier on
-            the orthogonal matrix (its singular values all equal `gain`).
+            the orthogonal matrix (its singular values all equal `gain`). Or
+            an activation (a name, an elementwise function, a Keras
+            activation layer): its `calculate_gain`.
         seed: None, an int, or a `keras.random.SeedGenerator`. An int or `None`
             draws the same values on every call (an unseeded initializer picks
             its seed once, reproducibly after `keras.utils.set_random_seed`); a
             `SeedGenerator` advances, so every call draws new values.
+        gain_source: The name of the activation a numeric `gain` came from,
+            kept for reading; `get_config` fills it in. Leave it `None`.
 
     Reference:
         - [Saxe et al., 2014](https://arxiv.org/abs/1312.6120)
@@ -92,11 +111,12 @@ class Orthogonal(keras.initializers.Initializer):
 
     def __init__(
         self,
-        gain: float = 1.0,
+        gain: float | str | Callable = 1.0,
         seed: int | keras.random.SeedGenerator | None = None,
+        gain_source: str | None = None,
     ):
-        self.gain, self._gain_source = _resolve_gain(gain)
-        seed = _check_seed(seed)
+        self.gain, self.gain_source = _resolve_gain(gain, gain_source)
+        seed = check_seed(seed)
         self._seed_argument = seed
         if isinstance(seed, dict):  # a serialized SeedGenerator, from a config
             seed = keras.saving.deserialize_keras_object(seed)
@@ -165,6 +185,7 @@ class Orthogonal(keras.initializers.Initializer):
         return {
             "gain": self.gain,
             "seed": keras.saving.serialize_keras_object(self._seed_argument),
+            "gain_source": self.gain_source,
         }
 
     def __repr__(self):
@@ -199,8 +220,10 @@ class DeltaOrthogonal(Orthogonal):
 
     Args:
         gain: Positive finite float that float32 can hold, the multiplier on
-            the centre tap's orthogonal matrix.
+            the centre tap's orthogonal matrix; or an activation, as for
+            `Orthogonal`.
         seed: None, an int, or a `keras.random.SeedGenerator`; see `Orthogonal`.
+        gain_source: Filled in by `get_config`; leave it `None`.
 
     Reference:
         - [Xiao et al., 2018](https://arxiv.org/abs/1806.05393)

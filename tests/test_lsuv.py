@@ -124,7 +124,11 @@ def test_found_scales_are_baked_into_the_config_and_survive_a_keras_round_trip(
     for record in report:
         config = by_name[record.layer].get_config()["kernel_initializer"]
         assert config["registered_name"] == "keras_fanin>Orthogonal"
-        assert config["config"] == {"gain": record.scale, "seed": record.seed}
+        assert config["config"] == {
+            "gain": record.scale,
+            "seed": record.seed,
+            "gain_source": None,
+        }
         # The kernel is exactly what that initializer draws.
         layer = by_name[record.layer]
         drawn = Orthogonal(gain=record.scale, seed=record.seed)(layer.kernel.shape)

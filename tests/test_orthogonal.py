@@ -171,7 +171,28 @@ def test_config_holds_every_constructor_argument_and_repr_reads_like_a_call():
     for cls in (Orthogonal, DeltaOrthogonal):
         params = set(inspect.signature(cls.__init__).parameters) - {"self"}
         assert set(cls().get_config()) == params
-    assert repr(Orthogonal(gain=2.0, seed=3)) == "Orthogonal(gain=2.0, seed=3)"
+    assert repr(Orthogonal(gain=2.0, seed=3)) == (
+        "Orthogonal(gain=2.0, seed=3, gain_source=None)"
+    )
+
+
+def test_an_activation_gain_is_its_calculate_gain_and_the_config_keeps_its_name():
+    from keras_fanin._gains import calculate_gain
+
+    for cls, shape in [(Orthogonal, (40, 30)), (DeltaOrthogonal, (3, 8, 16))]:
+        for activation in ("tanh", keras.activations.silu):
+            init = cls(gain=activation, seed=4)
+            expected = calculate_gain(activation)
+            assert init.gain == expected
+            np.testing.assert_allclose(
+                to_numpy(init(shape)),
+                expected * to_numpy(cls(seed=4)(shape)),
+                rtol=1e-6,
+            )
+            config = init.get_config()
+            assert config["gain"] == expected and isinstance(config["gain"], float)
+            assert config["gain_source"] in ("tanh", "silu")
+            assert round_trip(init).get_config() == config
 
 
 def test_from_config_and_serialization_round_trip():
@@ -249,6 +270,9 @@ BAD_ARGUMENTS = [
     ({"gain": True}, TypeError, r"gain=True"),
     ({"seed": 1.5}, TypeError, r"Argument `seed` must be None, an int or.*seed=1.5"),
     ({"seed": "3"}, TypeError, r"seed='3'"),
+    ({"gain": "no_such_activation"}, ValueError, r"gain='no_such_activation'"),
+    ({"gain": "tanh", "gain_source": "tanh"}, ValueError, r"Argument `gain_source`"),
+    ({"gain": 1.0, "gain_source": 3}, TypeError, r"gain_source=3 of type int"),
 ]
 
 
