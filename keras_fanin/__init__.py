@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from keras_fanin._fans import compute_fans
 from keras_fanin._gains import calculate_gain
 from keras_fanin._initializers import FanScaling, He, LeCun, Xavier
+from keras_fanin._seeds import SharedSeedWarning
 from keras_fanin.version import __version__
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ __all__ = [
     "GradientHealthWarning",
     "He",
     "LeCun",
+    "SharedSeedWarning",
     "Xavier",
     "__version__",
     "calculate_gain",

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_fanin import He, LeCun, calculate_gain
+from keras_fanin import FanScaling, He, LeCun, calculate_gain
 from keras_fanin._gains import recommended_initializer
 
 # PyTorch's torch.nn.init.calculate_gain table, written out.
@@ -168,3 +168,152 @@ def test_recommended_initializer_comes_from_the_same_table():
         "keras_fanin.LeCun()"
     )
     assert recommended_initializer(keras.layers.PReLU()) is None
+
+
+# --- a gain for any activation: the second-moment convention (issue 12) -------
+
+# Every elementwise activation Keras names (threshold needs arguments; glu and
+# the softmax family are not elementwise).
+ELEMENTWISE = [
+    "celu", "elu", "exponential", "gelu", "gelu_tanh", "hard_shrink",
+    "hard_sigmoid", "hard_silu", "hard_swish", "hard_tanh", "leaky_relu",
+    "linear", "log_sigmoid", "mish", "relu", "relu6", "selu", "sigmoid", "silu",
+    "soft_shrink", "softplus", "softsign", "sparse_plus", "sparse_sigmoid",
+    "squareplus", "swish", "tanh", "tanh_shrink",
+]  # fmt: skip
+
+
+def _function(name):
+    from keras_fanin._gains import _function_of
+
+    return _function_of(name)
+
+
+def _apply(function, x):
+    return keras.ops.convert_to_numpy(function(keras.ops.convert_to_tensor(x)))
+
+
+@pytest.fixture(scope="module")
+def normal_samples():
+    return np.random.default_rng(12).standard_normal((4096, 256)).astype("float32")
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_one_layer_with_the_gain_keeps_the_second_moment(name, normal_samples):
+    """Monte Carlo over 1e6 standard-normal pre-activations against the quadrature,
+    then through a real layer drawn with the gain."""
+    gain = calculate_gain(name, method="second_moment")
+    activations = _apply(_function(name), normal_samples).astype("float64")
+    assert gain**2 * np.mean(activations**2) == pytest.approx(1.0, rel=0.02)
+    # A layer multiplies the second moment by gain^2 exactly, in expectation
+    # over its kernel. For an activation with a mean (sigmoid's is 85% of its
+    # second moment) one kernel's error is that of the squared column sums, a
+    # chi-square over its units: 8 draws of 4096 units bring it to ~0.7%.
+    inputs = activations[:64].astype("float32")
+    init = FanScaling(gain, distribution="normal", seed=keras.random.SeedGenerator(5))
+    following = [
+        inputs @ keras.ops.convert_to_numpy(init((256, 4096))) for _ in range(8)
+    ]
+    expected = gain**2 * np.mean(inputs.astype("float64") ** 2)
+    measured = np.mean(np.square(following, dtype="float64"))
+    assert measured == pytest.approx(expected, rel=0.02)
+
+
+def test_the_second_moment_gains_of_the_docs_and_pytorchs_where_they_differ():
+    doc = {
+        "relu": 1.414, "selu": 1.000, "gelu": 1.534, "silu": 1.677, "mish": 1.487,
+        "elu": 1.245, "softplus": 1.042, "softsign": 2.338, "hard_sigmoid": 1.898,
+        "tanh": 1.593, "sigmoid": 1.846,
+    }  # fmt: skip
+    for name, value in doc.items():
+        assert calculate_gain(name, method="second_moment") == pytest.approx(
+            value, abs=6e-4
+        )
+        assert f"{value:.3f}" in calculate_gain.__doc__ or name in ("relu",)
+    assert calculate_gain("tanh") == 5 / 3 and calculate_gain("sigmoid") == 1.0
+    assert calculate_gain("selu") == 0.75
+    assert calculate_gain("gelu") == calculate_gain("gelu", method="second_moment")
+    exact, tanh_approx = calculate_gain("gelu"), calculate_gain("gelu_tanh")
+    assert exact != tanh_approx and exact == pytest.approx(tanh_approx, rel=1e-3)
+    with pytest.raises(ValueError, match=r"Argument `method` must be one of"):
+        calculate_gain("relu", method="torch")
+
+
+def _second_moment_by_depth(activation, gain, depth, draws, batch=256, width=256):
+    """Mean over `draws` MLPs of each layer's pre-activation second moment."""
+    function = (
+        keras.activations.get(activation) if isinstance(activation, str) else activation
+    )
+    # All of a network's kernels in one draw: axes 1 and 2 are each kernel's
+    # inputs and outputs, so the fans are a (width, width) Dense kernel's.
+    init = LeCun(gain=gain, input_axes=[1], output_axes=[2])
+    rng = np.random.default_rng(0)
+    moments = np.zeros(depth)
+    for draw in range(draws):
+        kernels = keras.ops.convert_to_numpy(
+            LeCun.from_config({**init.get_config(), "seed": draw})(
+                (depth, width, width)
+            )
+        )
+        h = rng.standard_normal((batch, width)).astype("float32")
+        for depth_index in range(depth):
+            h = _apply(function, h) @ kernels[depth_index]
+            moments[depth_index] += np.mean(h.astype("float64") ** 2) / draws
+    return moments / moments[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "activation", ["elu", "softplus", "softsign", "tanh", "sigmoid", "selu"]
+)
+def test_stable_activations_keep_the_scale_through_50_layers(activation):
+    gain = calculate_gain(activation, method="second_moment")
+    moments = _second_moment_by_depth(activation, gain, depth=50, draws=3)
+    assert 0.5 < moments.min() and moments.max() < 2.0, moments
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("activation", ["relu", keras.activations.leaky_relu])
+def test_relu_keeps_the_scale_on_average_its_map_is_marginal(activation):
+    """ReLU's second-moment map is linear (slope exactly 1): nothing pulls a
+    finite-width network back, so one 50-layer draw wanders (a factor ~1.9 at
+    one sigma at width 256) while the mean over draws stays at 1."""
+    gain = calculate_gain(activation, method="second_moment")
+    moments = _second_moment_by_depth(activation, gain, depth=50, draws=16, batch=32)
+    assert 0.5 < moments[-1] < 2.0, moments
+
+
+def test_selu_pytorch_gain_shrinks_and_lecun_gain_one_is_self_normalising():
+    shrunk = _second_moment_by_depth("selu", "selu", depth=50, draws=1)
+    assert calculate_gain("selu") == 0.75 and shrunk[-1] < 1 / 10  # ~20x
+    kept = _second_moment_by_depth("selu", 1.0, depth=50, draws=1)
+    assert 0.5 < kept[-1] < 2.0
+
+
+def _map_slope(name, samples):
+    """Slope at q=1 of q -> gain^2 E[f(sqrt(q) z)^2], by Monte Carlo (common z)."""
+    function, gain = _function(name), calculate_gain(name, method="second_moment")
+
+    def moment(q):
+        values = _apply(function, samples * np.float32(math.sqrt(q)))
+        return gain**2 * np.mean(values.astype("float64") ** 2)
+
+    return (moment(1.05) - moment(0.95)) / 0.1
+
+
+def test_the_documented_stability_of_each_fixed_point(normal_samples):
+    for name in ("relu", "elu", "softplus", "softsign", "tanh", "sigmoid"):
+        assert _map_slope(name, normal_samples) <= 1.0 + 2e-3, name
+    for name, documented in (("gelu", 1.14), ("silu", 1.17), ("mish", 1.08)):
+        slope = _map_slope(name, normal_samples)
+        assert slope == pytest.approx(documented, abs=0.01), name
+        assert f"{documented}" in calculate_gain.__doc__
+
+
+@pytest.mark.parametrize("activation", ["gelu", "silu", "mish"])
+def test_unstable_activations_at_depth_10_own_gain_beats_the_relu_gain(activation):
+    own = _second_moment_by_depth(activation, activation, depth=10, draws=3)[-1]
+    relu_gain = _second_moment_by_depth(activation, math.sqrt(2), depth=10, draws=3)
+    assert 0.5 < own < 2.0
+    assert abs(math.log(relu_gain[-1])) > abs(math.log(own))
+    assert relu_gain[-1] < 0.5  # sqrt(2) is below their gains: the signal fades

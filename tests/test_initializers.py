@@ -1,6 +1,7 @@
 import inspect
 import json
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -8,7 +9,14 @@ import pytest
 from scipy import stats
 
 import keras_fanin
-from keras_fanin import FanScaling, He, LeCun, Xavier
+from keras_fanin import (
+    FanScaling,
+    He,
+    LeCun,
+    SharedSeedWarning,
+    Xavier,
+    calculate_gain,
+)
 from tests.helpers import round_trip
 
 TRUNCATED_STD = 0.87962566103423978
@@ -142,9 +150,11 @@ def test_gain_one_matches_keras_builtin_with_same_seed(ours, theirs):
 def test_int_seed_and_none_repeat_and_seed_generator_advances():
     shape = (64, 32)
     seeded = He(seed=3)
-    np.testing.assert_array_equal(seeded(shape), seeded(shape))
+    with pytest.warns(SharedSeedWarning):
+        np.testing.assert_array_equal(seeded(shape), seeded(shape))
     unseeded = He()
-    np.testing.assert_array_equal(unseeded(shape), unseeded(shape))
+    with pytest.warns(SharedSeedWarning):
+        np.testing.assert_array_equal(unseeded(shape), unseeded(shape))
     assert not np.array_equal(He(seed=3)(shape), He(seed=4)(shape))
     advancing = He(seed=keras.random.SeedGenerator(3))
     first, second = advancing(shape), advancing(shape)
@@ -401,3 +411,158 @@ def test_public_names():
     assert sorted(keras_fanin.__all__) == keras_fanin.__all__
     for name in keras_fanin.__all__:
         assert getattr(keras_fanin, name) is not None
+
+
+# --- activations as gains, and the shared-seed trap (issue 12) ---------------
+
+
+@pytest.mark.parametrize(
+    "make, base",
+    [
+        (lambda g: LeCun(gain=g, seed=4), lambda: LeCun(seed=4)),
+        (lambda g: FanScaling(gain=g, seed=4), lambda: FanScaling(seed=4)),
+        (lambda g: Xavier(gain=g, seed=4), lambda: Xavier(seed=4)),
+    ],
+    ids=["LeCun", "FanScaling", "Xavier"],
+)
+@pytest.mark.parametrize(
+    "activation, name",
+    [
+        ("gelu", "gelu"),
+        (keras.activations.silu, "silu"),
+        ("tanh", "tanh"),
+        (keras.layers.LeakyReLU(negative_slope=0.2), "LeakyReLU(0.2)"),
+        (lambda x: keras.ops.tanh(x) * 1.5, "<lambda>"),
+    ],
+    ids=["gelu", "silu", "tanh", "LeakyReLU", "lambda"],
+)
+def test_an_activation_as_gain_is_its_calculated_gain(make, base, activation, name):
+    init = make(activation)
+    gain = calculate_gain(activation)
+    assert init.gain == gain
+    assert init.gain_source == name
+    # The same draw as the numeric gain: PyTorch's kaiming_normal_ /
+    # xavier_normal_(gain=calculate_gain(...)) law, scaled exactly.
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(init(CONV)),
+        gain * keras.ops.convert_to_numpy(base()(CONV)),
+        rtol=1e-6,
+        atol=1e-7,
+    )
+    # The config holds the number (and the name, for reading): a saved model
+    # never needs the function, and the round trip draws the same kernel.
+    config = init.get_config()
+    assert config["gain"] == gain and config["gain_source"] == name
+    assert json.loads(json.dumps(config)) == config
+    again = round_trip(init)
+    assert (again.gain, again.gain_source) == (gain, name)
+
+
+def test_a_model_with_a_lambda_gain_saves_and_loads_without_the_lambda(tmp_path):
+    init = LeCun(gain=lambda x: keras.ops.tanh(x) * 1.5, seed=1)
+    model = keras.Sequential(
+        [keras.Input((16,)), keras.layers.Dense(8, kernel_initializer=init)]
+    )
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    layer_init = loaded.layers[0].kernel_initializer
+    assert (layer_init.gain, layer_init.gain_source) == (init.gain, "<lambda>")
+    rebuilt = keras.Sequential.from_config(model.get_config())
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(rebuilt.layers[0].kernel),
+        keras.ops.convert_to_numpy(model.layers[0].kernel),
+    )
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu", keras.activations.silu])
+def test_he_refuses_an_activation_and_says_what_to_use(activation):
+    with pytest.raises(
+        ValueError, match=r"Argument `gain` of `He` must be a number.*LeCun\(gain="
+    ):
+        He(gain=activation)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"gain": "swish_2"}, ValueError, r"Unknown nonlinearity 'swish_2': argument `gain` must be one of"),
+        ({"gain": lambda x: x * float("nan")}, ValueError, r"Argument `gain` returned non-finite values"),
+        ({"gain": lambda x: 0.0 * x}, ValueError, r"Argument `gain` has no gain: <lambda> has second moment 0"),
+        ({"gain": lambda x: keras.ops.exp(x * 30.0)}, ValueError, r"Argument `gain` (returned non-finite|must be a positive finite number that float32)"),
+        ({"gain": keras.activations.softmax}, None, None),  # an output activation: 1
+        ({"gain": lambda x: x / keras.ops.sum(x)}, ValueError, r"Argument `gain` must act elementwise"),
+        ({"gain": keras.layers.Dense(3)}, ValueError, r"Argument `gain` must be a name, an activation function"),
+        ({"gain": [1.0]}, TypeError, r"Argument `gain` must be a positive number or an activation"),
+        ({"gain": 1.0, "gain_source": 3}, TypeError, r"Argument `gain_source` must be None or a string. Received: gain_source=3"),
+        ({"gain": "gelu", "gain_source": "tanh"}, ValueError, r"Argument `gain_source` names the activation a numeric `gain` came from"),
+    ],
+)  # fmt: skip
+def test_bad_activation_gains(kwargs, error, message):
+    if error is None:
+        assert LeCun(**kwargs).gain == 1.0
+        return
+    with pytest.raises(error, match=message):
+        LeCun(**kwargs)
+
+
+def test_one_seeded_instance_in_many_layers_warns_once():
+    init = He(seed=0)
+    with pytest.warns(
+        SharedSeedWarning, match=r"drew a kernel of shape \(32, 32\) a second time"
+    ) as caught:
+        model = keras.Sequential(
+            [keras.Input((32,))]
+            + [
+                keras.layers.Dense(32, "relu", kernel_initializer=init)
+                for _ in range(5)
+            ]
+        )
+    assert sum(w.category is SharedSeedWarning for w in caught) == 1
+    kernels = [keras.ops.convert_to_numpy(layer.kernel) for layer in model.layers]
+    for kernel in kernels[1:]:
+        np.testing.assert_array_equal(kernel, kernels[0])
+
+
+@pytest.mark.parametrize(
+    "layers_of",
+    [
+        lambda: [He(seed=keras.random.SeedGenerator(0))] * 3,  # advances
+        lambda: [He(), He(), He()],  # one instance each
+        lambda: [He(seed=0)] * 1,
+    ],
+    ids=["SeedGenerator", "own_instances", "single"],
+)
+def test_no_shared_seed_warning_where_the_draws_differ(layers_of):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SharedSeedWarning)
+        inits = layers_of()
+        model = keras.Sequential(
+            [keras.Input((32,))]
+            + [keras.layers.Dense(32, kernel_initializer=init) for init in inits]
+        )
+        shared = He(seed=1)  # same instance, different shapes: different draws
+        shared((32, 16)), shared((16, 32))
+    kernels = [keras.ops.convert_to_numpy(layer.kernel) for layer in model.layers]
+    assert all(not np.array_equal(a, b) for a, b in zip(kernels, kernels[1:]))
+
+
+def test_the_shared_seed_warning_tells_the_truth_about_the_drift():
+    """One shared matrix makes the scale a lottery; one instance a layer does not."""
+    x = np.random.default_rng(0).standard_normal((1024, 128)).astype("float32")
+
+    def rms(kernels):
+        h = x
+        for kernel in kernels:
+            h = np.maximum(h @ kernel, 0.0)
+        return float(np.sqrt(np.mean(h**2)))
+
+    def draw(seed):
+        return keras.ops.convert_to_numpy(He(seed=seed)((128, 128)))
+
+    shared = [rms([draw(s)] * 30) for s in range(8)]
+    own = [rms([draw(100 * s + i) for i in range(30)]) for s in range(8)]
+    # The message quotes TensorFlow's draws (0.17 to 83, and 0.44 to 0.77);
+    # other backends draw other matrices, with the same spread.
+    assert max(shared) / min(shared) > 20
+    assert np.std(np.log(shared)) > 3 * np.std(np.log(own))
