@@ -544,7 +544,9 @@ def test_no_shared_seed_warning_where_the_draws_differ(layers_of):
         shared = He(seed=1)  # same instance, different shapes: different draws
         shared((32, 16)), shared((16, 32))
     kernels = [keras.ops.convert_to_numpy(layer.kernel) for layer in model.layers]
-    assert all(not np.array_equal(a, b) for a, b in zip(kernels, kernels[1:]))
+    assert all(
+        not np.array_equal(a, b) for a, b in zip(kernels, kernels[1:], strict=False)
+    )
 
 
 def test_the_shared_seed_warning_tells_the_truth_about_the_drift():
