@@ -33,6 +33,7 @@ setup(
         # GradientHealth's event files: TFRecord CRCs in C, not pure Python.
         "google-crc32c>=1.5",
     ],
+    entry_points={"console_scripts": ["keras-fanin = keras_fanin._cli:main"]},
     extras_require={
         "cpu": [f"tensorflow-cpu>={TENSORFLOW}"],
         "gpu": [f"tensorflow[and-cuda]>={TENSORFLOW}"],

@@ -41,7 +41,7 @@ _TABLE = {
     "conv_transpose2d": (lambda _: 1.0, "keras_fanin.Xavier()"),
     "conv_transpose3d": (lambda _: 1.0, "keras_fanin.Xavier()"),
     "sigmoid": (lambda _: 1.0, "keras_fanin.Xavier()"),
-    "tanh": (lambda _: 5.0 / 3.0, "keras_fanin.LeCun()"),
+    "tanh": (lambda _: 5.0 / 3.0, "keras_fanin.LeCun(gain='tanh')"),
     "relu": (lambda _: math.sqrt(2.0), "keras_fanin.He()"),
     "leaky_relu": (
         _leaky_relu_gain,
@@ -434,14 +434,31 @@ def names_activation(value) -> bool:
     return True
 
 
-def resolve_gain(gain, name: str = "gain") -> tuple[float, str | None]:
+def resolve_gain(
+    gain, gain_source: str | None = None, name: str = "gain"
+) -> tuple[float, str | None]:
     """Resolves an initializer's `gain` argument: a number or an activation.
 
     Returns `(gain, source)`: a number is checked (positive, held by float32)
-    and returned with `source=None`; an activation (anything `calculate_gain`
-    takes) gives `calculate_gain(activation)` and the activation's name, which
-    configs store for reading. Errors name the argument `name`.
+    and returned with the `gain_source` a config carries (the name of the
+    activation it came from, for reading); an activation (anything
+    `calculate_gain` takes) gives `calculate_gain(activation)` and the
+    activation's name. Errors name the argument `name`.
     """
+    if gain_source is not None:
+        if is_activation(gain):
+            raise ValueError(
+                f"Argument `gain_source` names the activation a numeric `{name}` "
+                f"came from; it must be None when `{name}` is an activation. "
+                f"Received: {name}={describe(gain)}, "
+                f"gain_source={describe(gain_source)}"
+            )
+        if not isinstance(gain_source, str):
+            raise TypeError(
+                "Argument `gain_source` must be None or a string. "
+                f"Received: gain_source={describe(gain_source)} of type "
+                f"{type(gain_source).__name__}"
+            )
     if isinstance(gain, bool) or not (
         isinstance(gain, numbers.Real) or is_activation(gain)
     ):
@@ -451,7 +468,7 @@ def resolve_gain(gain, name: str = "gain") -> tuple[float, str | None]:
             f"Received: {name}={describe(gain)} of type {type(gain).__name__}"
         )
     if isinstance(gain, numbers.Real):
-        return check_positive_float32(name, gain), None
+        return check_positive_float32(name, gain), gain_source
     spec = _resolve(gain, name)
     value = _gain(spec, None, "pytorch", name)
     return check_positive_float32(name, value), spec.label

@@ -20,8 +20,8 @@ from keras_fanin._fans import (
     fan_for_mode,
 )
 from keras_fanin._gains import is_activation, names_activation, resolve_gain
+from keras_fanin._seeds import FAN_SCALED_CONSEQUENCE, note_draw
 from keras_fanin._seeds import check_seed as _check_seed
-from keras_fanin._seeds import note_draw
 from keras_fanin._validation import (
     check_non_negative_float32,
     check_one_of,
@@ -182,21 +182,7 @@ class FanScaling(keras.initializers.VarianceScaling):
         gain_source=None,
     ):
         """Validates every argument, then lets Keras's base class store its own."""
-        if gain_source is not None:
-            if is_activation(gain):
-                raise ValueError(
-                    "Argument `gain_source` names the activation a numeric `gain` "
-                    "came from; it must be None when `gain` is an activation. "
-                    f"Received: gain={describe(gain)}, "
-                    f"gain_source={describe(gain_source)}"
-                )
-            if not isinstance(gain_source, str):
-                raise TypeError(
-                    "Argument `gain_source` must be None or a string. "
-                    f"Received: gain_source={describe(gain_source)} of type "
-                    f"{type(gain_source).__name__}"
-                )
-        gain, source = resolve_gain(gain)
+        gain, source = resolve_gain(gain, gain_source)
         check_one_of("mode", mode, MODES)
         check_one_of("distribution", distribution, DISTRIBUTIONS)
         seed = _check_seed(seed)
@@ -210,7 +196,7 @@ class FanScaling(keras.initializers.VarianceScaling):
             output_axes=axes_out,
         )
         self.gain = gain
-        self.gain_source = source if source is not None else gain_source
+        self.gain_source = source
         self.distribution = distribution
         self.scale = gain**2 * numerator  # the variance multiplier, Keras's name
         self._numerator = numerator
@@ -286,7 +272,7 @@ class FanScaling(keras.initializers.VarianceScaling):
         drawn = keras.backend.standardize_dtype(values.dtype)
         if drawn != dtype:  # JAX without x64 draws float64 as float32
             self._check_draw(shape, drawn, stddev, requested=dtype)
-        note_draw(self, shape)
+        note_draw(self, shape, FAN_SCALED_CONSEQUENCE)
         return values
 
     def _draw(self, shape, dtype, stddev):

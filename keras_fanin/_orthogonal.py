@@ -12,29 +12,9 @@ from collections.abc import Callable
 import keras
 
 from keras_fanin._fans import check_shape
-from keras_fanin._gains import is_activation, resolve_gain
+from keras_fanin._gains import resolve_gain
 from keras_fanin._initializers import _FLOAT_RANGE
-from keras_fanin._seeds import check_seed
-from keras_fanin._validation import describe
-
-
-def _resolve_gain(gain, gain_source):
-    """`(float gain, activation name or None)`, checked as `FanScaling` checks them."""
-    if gain_source is not None:
-        if is_activation(gain):
-            raise ValueError(
-                "Argument `gain_source` names the activation a numeric `gain` "
-                "came from; it must be None when `gain` is an activation. "
-                f"Received: gain={describe(gain)}, gain_source={describe(gain_source)}"
-            )
-        if not isinstance(gain_source, str):
-            raise TypeError(
-                "Argument `gain_source` must be None or a string. "
-                f"Received: gain_source={describe(gain_source)} of type "
-                f"{type(gain_source).__name__}"
-            )
-    gain, source = resolve_gain(gain)
-    return gain, source if source is not None else gain_source
+from keras_fanin._seeds import check_seed, note_draw
 
 
 def _orthogonal_matrix(rows, cols, dtype, seed):
@@ -115,7 +95,7 @@ class Orthogonal(keras.initializers.Initializer):
         seed: int | keras.random.SeedGenerator | None = None,
         gain_source: str | None = None,
     ):
-        self.gain, self.gain_source = _resolve_gain(gain, gain_source)
+        self.gain, self.gain_source = resolve_gain(gain, gain_source)
         seed = check_seed(seed)
         self._seed_argument = seed
         if isinstance(seed, dict):  # a serialized SeedGenerator, from a config
@@ -166,7 +146,9 @@ class Orthogonal(keras.initializers.Initializer):
         if 0 in shape:
             return keras.ops.zeros(shape, dtype=dtype)
         self._check_gain_fits(dtype, self._typical_entry(shape))
-        return keras.ops.cast(self.gain * self._unit(shape, dtype), dtype)
+        values = keras.ops.cast(self.gain * self._unit(shape, dtype), dtype)
+        note_draw(self, shape)
+        return values
 
     def _typical_entry(self, shape):
         return 1.0 / math.sqrt(max(math.prod(shape[:-1]), shape[-1]))

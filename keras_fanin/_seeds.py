@@ -21,12 +21,13 @@ def check_seed(seed):
     )
 
 
-def note_draw(initializer, shape):
+def note_draw(initializer, shape, consequence=""):
     """Warns once when a seeded instance draws a same-shaped kernel again.
 
     An int seed, and no seed at all (Keras picks one when the initializer is
     made), repeat on every call: one instance passed to several layers gives
     them all the same matrix. Keras 2 warned about it; Keras 3 does not.
+    `consequence` says what that does to this initializer's networks.
     """
     if isinstance(initializer.seed, keras.random.SeedGenerator):
         return
@@ -41,16 +42,20 @@ def note_draw(initializer, shape):
     warnings.warn(
         f"{type(initializer).__name__} drew a kernel of shape {shape} a second "
         "time with the same seed, so it drew the same values: every layer "
-        "that shares this initializer instance starts with the same matrix. "
-        "The network then applies one matrix again and again, and its largest "
-        "eigenvalue, not the fan rule, sets the scale: 30 ReLU layers of width "
-        "128 sharing He(seed=s) end at an activation rms from 0.17 to 83 over "
-        "seeds 0-7 (TensorFlow's draws), against 0.44 to 0.77 with one instance "
-        "per layer. Give each "
-        "layer its own instance (they draw "
-        "different values, reproducibly after keras.utils.set_random_seed) or "
-        "pass seed=keras.random.SeedGenerator(...), which advances on every "
-        "call.",
+        "that shares this initializer instance starts with the same matrix, "
+        f"and the layers start correlated instead of independent.{consequence} "
+        "Give each layer its own instance (they draw different values, "
+        "reproducibly after keras.utils.set_random_seed) or pass "
+        "seed=keras.random.SeedGenerator(...), which advances on every call.",
         SharedSeedWarning,
         stacklevel=3,
     )
+
+
+# What sharing does to fan-scaled draws, measured (tests/test_initializers.py).
+FAN_SCALED_CONSEQUENCE = (
+    " The network then applies one matrix again and again, and its largest "
+    "eigenvalue, not the fan rule, sets the scale: 30 ReLU layers of width 128 "
+    "sharing He(seed=s) end at an activation rms from 0.17 to 83 over seeds 0-7 "
+    "(TensorFlow's draws), against 0.44 to 0.77 with one instance per layer."
+)

@@ -158,14 +158,16 @@ def test_bad_input(args, error, message):
 
 def test_recommended_initializer_comes_from_the_same_table():
     assert recommended_initializer("relu") == "keras_fanin.He()"
-    assert recommended_initializer(keras.activations.tanh) == "keras_fanin.LeCun()"
+    assert recommended_initializer(keras.activations.tanh) == (
+        "keras_fanin.LeCun(gain='tanh')"
+    )
     assert recommended_initializer("sigmoid") == "keras_fanin.Xavier()"
     assert recommended_initializer("softplus_unknown") is None
     assert recommended_initializer("gelu") == "keras_fanin.LeCun(gain='gelu')"
     assert recommended_initializer(lambda x: x) is None
     assert recommended_initializer(keras.layers.ReLU()) == "keras_fanin.He()"
     assert recommended_initializer(keras.layers.Activation("tanh")) == (
-        "keras_fanin.LeCun()"
+        "keras_fanin.LeCun(gain='tanh')"
     )
     assert recommended_initializer(keras.layers.PReLU()) is None
 

@@ -568,3 +568,30 @@ def test_the_shared_seed_warning_tells_the_truth_about_the_drift():
     # other backends draw other matrices, with the same spread.
     assert max(shared) / min(shared) > 20
     assert np.std(np.log(shared)) > 3 * np.std(np.log(own))
+
+
+def test_the_truncated_normal_is_truly_truncated_on_every_backend():
+    """No value beyond two underlying sigmas in 1e7 draws (Keras's torch sampler
+    alone leaves ~40 there), and the values mapped back keep the law's std."""
+    init = LeCun(seed=21)
+    shape = (10_000, 1_000)
+    values = keras.ops.convert_to_numpy(init(shape)).ravel()
+    sigma = init.stddev(shape) / 0.87962566103423978
+    assert np.max(np.abs(values)) <= 2 * sigma * (1 + 1e-6)
+    assert np.std(values) == pytest.approx(init.stddev(shape), rel=2e-3)
+
+
+def test_the_mapping_back_inside_keeps_the_truncated_law():
+    """Values beyond two sigmas are mapped inside by the law's own CDF: fed
+    normal draws conditioned on |x| > 2, it returns a two-sigma truncated
+    normal (KS test), and leaves every value inside untouched."""
+    from keras_fanin._initializers import _truncate
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(400_000).astype("float32")
+    mapped = keras.ops.convert_to_numpy(_truncate(keras.ops.convert_to_tensor(x), 1.0))
+    inside = np.abs(x) <= 2
+    np.testing.assert_array_equal(mapped[inside], x[inside])
+    tail = mapped[~inside]
+    assert tail.size > 15_000 and np.max(np.abs(tail)) <= 2.0
+    assert stats.kstest(tail, stats.truncnorm(-2, 2).cdf).pvalue > 1e-3

@@ -211,6 +211,7 @@ class Advisor:
                 f"layer {first!r} has gradient norm {g_first:.3g}, the last "
                 f"layer {last!r} {g_last:.3g} (ratio {ratio:.3g}). Scale each "
                 "kernel by its fan-in: keras_fanin.He() for ReLU, "
-                "keras_fanin.LeCun() for tanh/SELU, keras_fanin.Xavier() for "
+                "keras_fanin.LeCun(gain='tanh') for tanh, keras_fanin.LeCun() for "
+                "SELU, keras_fanin.Xavier() for "
                 "sigmoid and linear layers.",
             )
