@@ -141,10 +141,11 @@ def test_event_files_without_tensorflow_read_by_tensorboard(runs):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_initializer_tests_pass_on(backend):
-    """The initializer, fan and gain test files, run whole on `backend`."""
+    """The initializer, fan, gain, orthogonal and LSUV test files, whole, on `backend`."""
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         "tests/test_initializers.py", "tests/test_fans.py", "tests/test_gains.py"],
+         "tests/test_initializers.py", "tests/test_fans.py", "tests/test_gains.py",
+         "tests/test_orthogonal.py", "tests/test_lsuv.py"],
         capture_output=True, text=True, timeout=600,
         env={**os.environ, "KERAS_BACKEND": backend},
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
