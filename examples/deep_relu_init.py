@@ -28,6 +28,7 @@ The run is deterministic given `--seed` (TensorFlow's op determinism is on).
 import argparse
 import math
 import os
+import textwrap
 import time
 
 # TF 2.21 logs a harmless C++ "error" about a MapDataset attribute at every
@@ -139,6 +140,8 @@ def train(
     keras.utils.set_random_seed(seed)
     model = build(scheme, depth, width, seed)
     stds = activation_stds(model, x_train[:512])
+    # Before any training: is this network initialised right?
+    verdict = keras_fanin.check(model, x_train[:64])
     model.compile(
         keras.optimizers.SGD(learning_rate, momentum=0.9),
         "sparse_categorical_crossentropy",
@@ -180,6 +183,7 @@ def train(
         "grad_norm_first": norms["relu_1"][0][1],
         "grad_norm_last": norms[f"relu_{depth}"][0][1],
         "warnings": messages,
+        "check_problems": verdict.problems,
         "log_dir": log_dir,
         "seconds": seconds,
     }
@@ -203,7 +207,9 @@ def run(
     `val_accuracy` and `val_loss` after training, `val_accuracy_per_epoch`,
     `diverged_at_step` (the first step GradientHealth saw NaN/inf, or None),
     `grad_norm_first` / `grad_norm_last` (step 0, from the event files),
-    `warnings` (GradientHealth's messages), `log_dir` and `seconds`. Writes
+    `warnings` (GradientHealth's messages), `check_problems`
+    (`keras_fanin.check`'s verdicts before training), `log_dir` and
+    `seconds`. Writes
     TensorBoard logs under `log_root` and, if `plot_path`, a PNG.
     """
     unknown = sorted(set(schemes) - set(SCHEMES))
@@ -288,17 +294,32 @@ def report(results, log_root, plot_path=None):
     )
     print(
         f"  {'scheme':15s} {'val_accuracy':>12s} {'grad relu_1':>12s} "
-        f"{'grad relu_' + str(depth):>13s}  GradientHealth warnings"
+        f"{'grad relu_' + str(depth):>13s}  {'check':7s}  GradientHealth warnings"
     )
     for scheme, r in results.items():
         accuracy = f"{r['val_accuracy']:12.3f}"
         if r["diverged_at_step"] is not None:
             accuracy = f"{'NaN@' + str(r['diverged_at_step']):>12s}"
         kinds = sorted({_warning_kind(m) for m in r["warnings"]})
+        verdict = "flagged" if r["check_problems"] else "ok"
         print(
             f"  {scheme:15s} {accuracy} {r['grad_norm_first']:12.3e}"
-            f" {r['grad_norm_last']:13.3e}  {', '.join(kinds) or '-'}"
+            f" {r['grad_norm_last']:13.3e}  {verdict:7s}  {', '.join(kinds) or '-'}"
         )
+    print(
+        "\ncheck: keras_fanin.check(model, x) before training (one forward and "
+        "backward pass);\n  what it said:"
+    )
+    for scheme, r in results.items():
+        for problem in r["check_problems"] or ["no problem found"]:
+            print(
+                textwrap.fill(
+                    f"{scheme}: {problem}",
+                    98,
+                    initial_indent="  ",
+                    subsequent_indent="    ",
+                )
+            )
     print(f"\nTensorBoard logs: {os.path.abspath(log_root)}")
     print(f"Open them with:   tensorboard --logdir {log_root}")
 

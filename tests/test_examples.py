@@ -61,6 +61,10 @@ def test_demo_he_learns_and_lecun_stalls_at_30_layers(deep):
     assert lecun["grad_norm_first"] < 1e-2 * lecun["grad_norm_last"]
     assert any("vanishing" in m for m in lecun["warnings"])
     assert not any("vanishing" in m or "exploding" in m for m in he["warnings"])
+    # keras_fanin.check said so before training.
+    assert he["check_problems"] == []
+    assert lecun["check_problems"] and xavier["check_problems"]
+    assert results["fixed std 0.01"]["check_problems"]
 
 
 def test_demo_exploding_init_is_stopped_by_gradient_health(deep):
