@@ -11,6 +11,7 @@ nothing to read (one line on stderr, no traceback); `check` returns its own.
 
 import argparse
 import sys
+import textwrap
 
 
 def _parser():
@@ -70,7 +71,12 @@ def _report(args):
             print(f"keras-fanin report: error: {error}", file=sys.stderr)
             return 2
         print(
-            f"wrote {args.png} ({picture.width}x{picture.height}): {picture.legend()}",
+            textwrap.fill(
+                f"wrote {args.png} ({picture.width}x{picture.height}): "
+                f"{picture.legend()}",
+                100,
+                subsequent_indent="  ",
+            ),
             file=sys.stderr,
         )
     return 0

@@ -134,7 +134,8 @@ def report(log_dir: str | os.PathLike, progress=None) -> Report:
 
     Args:
         log_dir: The `log_dir` given to `GradientHealth` (or its
-            `gradient_health` subdirectory).
+            `gradient_health` subdirectory), or a directory above several of
+            them: every run below it is read, named by its path.
         progress: Optional callable receiving a short progress line while
             event files are read.
 
@@ -157,7 +158,8 @@ def report(log_dir: str | os.PathLike, progress=None) -> Report:
         raise ValueError(
             f"No GradientHealth logs in log_dir={log_dir!r}: expected event "
             f"files under {os.path.join(log_dir, RUN_NAME, 'train')!r} or "
-            f"{os.path.join(log_dir, RUN_NAME, 'probe')!r}, as written by "
+            f"{os.path.join(log_dir, RUN_NAME, 'probe')!r} (or in a "
+            f"{RUN_NAME!r} directory below it), as written by "
             "keras_fanin.GradientHealth(log_dir)."
         )
     total = sum(len(files) for files in runs.values())
@@ -213,7 +215,11 @@ def _event_files(directory):
 
 
 def _find_runs(log_dir):
-    """`{run: [event file, ...]}` under `log_dir` or its `gradient_health`."""
+    """`{run: [event file, ...]}` under `log_dir` or its `gradient_health`.
+
+    A directory above several GradientHealth `log_dir`s (as `tensorboard
+    --logdir` takes one) gives every run below it, named by its path.
+    """
     for base in (os.path.join(log_dir, RUN_NAME), log_dir):
         runs = {
             f"{RUN_NAME}/{run}": files
@@ -222,7 +228,17 @@ def _find_runs(log_dir):
         }
         if runs:
             return runs
-    return {}
+    runs = {}
+    for directory, subdirectories, _ in sorted(os.walk(log_dir)):
+        subdirectories.sort()
+        if os.path.basename(directory) != RUN_NAME:
+            continue
+        subdirectories.clear()  # nothing of ours lies deeper
+        prefix = os.path.relpath(directory, log_dir).replace(os.sep, "/")
+        for run in RUNS:
+            if files := _event_files(os.path.join(directory, run)):
+                runs[f"{prefix}/{run}"] = files
+    return runs
 
 
 def _strings(tensor):

@@ -296,3 +296,19 @@ model.fit(x, x[:, :1], batch_size=16, epochs=1, verbose=0, callbacks=[health])
         assert layer["grad_norm"] == scalars[f"grad_norm/{layer['name']}"][-1][1]
     with Image.open(png) as image:
         assert image.height % 2 == 0
+
+
+def test_a_directory_above_several_log_dirs_reports_every_run(logs, tmp_path):
+    """As `tensorboard --logdir` takes the parent of several runs."""
+    log_dir, _ = logs
+    shutil.copytree(log_dir / "gradient_health", tmp_path / "He" / "gradient_health")
+    shutil.copytree(log_dir / PROBE, tmp_path / "nested" / "LeCun" / PROBE)
+    result = report(tmp_path)
+    assert list(result.runs) == [f"He/{TRAIN}", f"He/{PROBE}", f"nested/LeCun/{PROBE}"]
+    alone = report(log_dir)
+    for name, run in result.runs.items():
+        expected = alone.runs[name.split("/", 1)[1] if name.startswith("He") else PROBE]
+        assert [layer.grad_norm for layer in run.layers] == [
+            layer.grad_norm for layer in expected.layers
+        ]
+    assert f"nested/LeCun/{PROBE}" in str(result)
