@@ -25,6 +25,7 @@ import numpy as np
 
 from keras_fanin._fans import compute_fans
 from keras_fanin._gains import calculate_gain, recommended_initializer
+from keras_fanin._text import WIDTH, header, json_safe, row, sig3
 from keras_fanin._validation import describe
 from keras_fanin.health import _stats
 from keras_fanin.health._advice import (
@@ -117,25 +118,7 @@ class LayerRecord:
     nonfinite: str = ""  # "", "NaN", "inf" or "NaN and inf" (outputs or gradient)
 
     def to_dict(self):
-        return {k: _json_value(v) for k, v in dataclasses.asdict(self).items()}
-
-
-def _json_value(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # "nan", "inf": strict JSON has no such numbers
-    if isinstance(value, tuple):
-        return list(value)
-    return value
-
-
-def _g(value):
-    """A number with 3 significant figures, or '-' when unknown."""
-    return "-" if value is None else f"{value:.3g}"
-
-
-def _fit(text, width):
-    text = str(text)
-    return text if len(text) <= width else text[: width - 1] + "~"
+        return {k: json_safe(v) for k, v in dataclasses.asdict(self).items()}
 
 
 _COLUMNS = (
@@ -187,19 +170,14 @@ class CheckReport:
         if not self.layers:
             lines.append("No layer with a kernel: nothing to check.")
             return "\n".join(lines)
-        row = " ".join(f"{{:{a}{w}}}" for _, w, a in _COLUMNS)
-        lines.append(row.format(*(h for h, _, _ in _COLUMNS)))
+        lines.append(header(_COLUMNS))
         for i, r in enumerate(self.layers, 1):
-            ratio = _g(r.ratio) + ("*" if r.normalized else "")
-            std = _g(r.drawn_std) + ("k" if r.drawn_from == "kernel" else "")
+            ratio = sig3(r.ratio) + ("*" if r.normalized else "")
+            std = sig3(r.drawn_std) + ("k" if r.drawn_from == "kernel" else "")
             cells = (i, r.name, r.activation, r.initializer or "-", std,
-                     _g(r.recommended_std), ratio, _g(r.pre_std), _g(r.out_std),
-                     _g(r.grad_norm))  # fmt: skip
-            lines.append(
-                row.format(
-                    *(_fit(c, w) for c, (_, w, _) in zip(cells, _COLUMNS, strict=True))
-                )
-            )
+                     sig3(r.recommended_std), ratio, sig3(r.pre_std), sig3(r.out_std),
+                     sig3(r.grad_norm))  # fmt: skip
+            lines.append(row(cells, _COLUMNS))
         lines.append(
             "std: drawn by the initializer (k: measured on the kernel); fan rule: "
             "gain / sqrt(fan_in);"
@@ -218,7 +196,7 @@ class CheckReport:
             n = len(self.problems)
             lines.append(f"{n} problem{'s' if n > 1 else ''} found:")
             for problem in self.problems:
-                lines.extend(_wrap(f"- {problem}", 100, "  "))
+                lines.extend(_wrap(f"- {problem}", WIDTH, "  "))
         return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ import re
 
 import numpy as np
 
+from keras_fanin._text import WIDTH, header, json_safe, row, sig3
 from keras_fanin.health._advice import (
     DEAD_WARN_FRACTION,
     DEPTH_RATIO_WARN,
@@ -27,7 +28,6 @@ from keras_fanin.health._units import RELUS
 
 RUN_NAME = "gradient_health"
 RUNS = ("train", "probe")
-WIDTH = 100
 NAME_WIDTH = 28
 
 
@@ -102,7 +102,7 @@ class Report:
             data["layers"] = [dataclasses.asdict(layer) for layer in run.layers]
             data["warnings"] = [{"step": s, "text": t} for s, t in run.warnings]
             runs[name] = data
-        return _jsonable({"log_dir": self.log_dir, "runs": runs})
+        return json_safe({"log_dir": self.log_dir, "runs": runs})
 
     def to_json(self):
         return json.dumps(self.to_dict(), indent=2, allow_nan=False)
@@ -404,31 +404,6 @@ def _ndarray(tensor):
     return tensor_util.make_ndarray(tensor)
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # "nan", "inf", "-inf": strict JSON has no NaN
-    return value
-
-
-def _number(value):
-    """Three significant figures; "-" for a signal the layer does not have."""
-    if value is None:
-        return "-"
-    return f"{value:.3g}"
-
-
-def short_name(name, width=NAME_WIDTH):
-    """`name` cut to `width` characters, keeping both ends (nested names)."""
-    if len(name) <= width:
-        return name
-    head = (width - 3) // 2
-    return name[:head] + "..." + name[-(width - 3 - head) :]
-
-
 _COLUMNS = (
     ("layer", NAME_WIDTH, "<"),
     ("activation", 10, "<"),
@@ -438,11 +413,6 @@ _COLUMNS = (
     ("crossed at", 10, ">"),
     ("non-finite at", 13, ">"),
 )
-
-
-def _row(cells):
-    columns = zip(cells, _COLUMNS, strict=True)
-    return " ".join(f"{c:{align}{width}}" for c, (_, width, align) in columns).rstrip()
 
 
 def _wrap(text, first, rest):
@@ -464,8 +434,8 @@ def _format_run(run):
         span = "no steps logged"
     lines = [f"{run.run}: {span}"]
     if run.probe_loss is not None:
-        lines[0] += f", probe loss {_number(run.probe_loss)}"
-    lines.append(_row([title for title, _, _ in _COLUMNS]))
+        lines[0] += f", probe loss {sig3(run.probe_loss)}"
+    lines.append(header(_COLUMNS))
     for layer in run.layers:
         fraction = layer.dead_fraction
         if fraction is None:
@@ -474,18 +444,19 @@ def _format_run(run):
         if crossed is None:
             crossed = layer.first_saturated_step
         lines.append(
-            _row(
+            row(
                 [
-                    short_name(layer.name),
+                    layer.name,
                     (layer.activation or "")[:10],
-                    _number(layer.grad_norm),
-                    _number(layer.update_ratio),
-                    _number(fraction),
+                    sig3(layer.grad_norm),
+                    sig3(layer.update_ratio),
+                    sig3(fraction),
                     "-" if crossed is None else str(crossed),
                     "-"
                     if layer.first_nonfinite_step is None
                     else str(layer.first_nonfinite_step),
-                ]
+                ],
+                _COLUMNS,
             )  # fmt: skip
         )
     lines.append(
