@@ -6,6 +6,19 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """`tf_only` tests need TensorFlow itself, not only the TF backend's Keras."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return
+    skip = pytest.mark.skip(
+        reason=f"tf_only: needs the TensorFlow backend, not {backend}"
+    )
+    for item in items:
+        if item.get_closest_marker("tf_only"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
     """Each test starts from the same global seed and an empty Keras session."""

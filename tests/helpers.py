@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: subprocess runner and config round trips."""
+"""Helpers shared by the tests: subprocess runner, config round trips, event
+file readers and an independent gradient on every backend."""
 
 import os
 import subprocess
@@ -17,6 +18,75 @@ def run_python(code, env=None, timeout=240):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout
+
+
+def independent_gradients(model, x, y, loss=None, training=True):
+    """The gradients of `loss(y, model(x))` for `model.trainable_weights`, as
+    NumPy arrays, from the backend's own autodiff, none of keras_fanin's code:
+    `tf.GradientTape`, `jax.grad` or `torch.autograd.grad` over the model
+    called in a `keras.StatelessScope` (no BatchNorm statistic or seed moves).
+    `loss` defaults to binary cross-entropy."""
+    import keras
+    import numpy as np
+
+    loss = loss or keras.losses.BinaryCrossentropy()
+    variables = model.trainable_weights
+    others = [v for v in model.weights if all(v is not w for w in variables)]
+
+    def value(trainable):
+        mapping = [*zip(variables, trainable, strict=True)]
+        mapping += [(v, v.value) for v in others]
+        with keras.StatelessScope(state_mapping=mapping):
+            return loss(y, model(x, training=training))
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        trainable = [tf.identity(v.value) for v in variables]
+        with tf.GradientTape() as tape:
+            tape.watch(trainable)
+            result = value(trainable)
+        grads = tape.gradient(result, trainable)
+    elif backend == "jax":
+        import jax
+
+        grads = jax.grad(value)([v.value for v in variables])
+    elif backend == "torch":
+        import torch
+
+        leaves = [v.value.detach().requires_grad_(True) for v in variables]
+        grads = torch.autograd.grad(value(leaves), leaves, allow_unused=True)
+    else:
+        raise NotImplementedError(backend)
+    return [
+        np.zeros(v.shape, "float32") if g is None else keras.ops.convert_to_numpy(g)
+        for v, g in zip(variables, grads, strict=True)
+    ]
+
+
+def layer_norms(model, tensors):
+    """Per-layer L2 norms of per-variable arrays aligned with trainable_weights."""
+    import math
+
+    import numpy as np
+
+    by_var = dict(zip([id(v) for v in model.trainable_weights], tensors, strict=True))
+    return {
+        layer.name: math.sqrt(
+            sum(
+                float(np.sum(np.square(np.asarray(by_var[id(v)], "float64"))))
+                for v in layer.trainable_weights
+            )
+        )
+        for layer in model.layers
+        if layer.trainable_weights
+    }
+
+
+def grad_norms(model, x, y, loss=None, training=True):
+    """Per-layer gradient norms from `independent_gradients`."""
+    return layer_norms(model, independent_gradients(model, x, y, loss, training))
 
 
 def round_trip(obj):

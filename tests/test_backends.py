@@ -138,19 +138,46 @@ def test_event_files_without_tensorflow_read_by_tensorboard(runs):
             )
 
 
+TEST_FILES = (
+    # The initializers, fans, gains, orthogonal family and LSUV.
+    "tests/test_initializers.py", "tests/test_fans.py", "tests/test_gains.py",
+    "tests/test_orthogonal.py", "tests/test_lsuv.py",
+    # GradientHealth (probe, models, the real step), report and check; the
+    # `tf_only` tests skip themselves.
+    "tests/test_gradient_health.py", "tests/test_gradient_health_models.py",
+    "tests/test_gradient_health_step.py", "tests/test_report.py",
+    "tests/test_check.py",
+)  # fmt: skip
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_initializer_tests_pass_on(backend):
-    """The initializer, fan, gain, orthogonal and LSUV test files, whole, on `backend`."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         "tests/test_initializers.py", "tests/test_fans.py", "tests/test_gains.py",
-         "tests/test_orthogonal.py", "tests/test_lsuv.py"],
-        capture_output=True, text=True, timeout=600,
-        env={**os.environ, "KERAS_BACKEND": backend},
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-4000:]
+def test_test_files_pass_on_jax_and_torch(tmp_path):
+    """The initializer and GradientHealth test files, whole, on JAX and on torch:
+    one pytest process per backend, both at once (each mostly waits on one
+    core; this process only waits)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    procs = {}
+    for backend in ("jax", "torch"):
+        log = open(tmp_path / f"{backend}.log", "w+")  # noqa: SIM115 (closed below)
+        procs[backend] = (log, subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs",
+             *TEST_FILES],
+            stdout=log, stderr=subprocess.STDOUT, text=True, cwd=root,
+            env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        ))  # fmt: skip
+    failures = {}
+    for backend, (log, proc) in procs.items():
+        try:
+            proc.wait(timeout=900)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.seek(0)
+        output = log.read()
+        log.close()
+        if proc.returncode != 0 or " passed" not in output:
+            failures[backend] = output[-4000:]
+    assert not failures, "\n\n".join(f"{b}:\n{o}" for b, o in failures.items())
 
 
 def test_import_never_imports_tensorflow_on_jax_and_torch():

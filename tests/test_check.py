@@ -58,7 +58,9 @@ def test_demo_lecun_shrinks_by_the_predicted_power_of_two(demo_reports):
     first, last = report.layers[0], report.layers[-1]
     measured = last.pre_std / first.pre_std
     assert f"measured x{measured:.3g}" in report.problems[0]
-    assert 0.25 < measured / predicted < 4  # one draw of 30 random layers
+    # One draw of 30 random layers: seeds 0-5 gave 0.15 to 1.2 on TF and 0.19
+    # to 0.81 on JAX (each backend draws its own weights).
+    assert 0.1 < measured / predicted < 4
 
 
 def test_demo_table_stds_follow_the_fan_rule(demo_reports):
@@ -190,7 +192,9 @@ def test_resnet_with_batchnorm_raises_no_false_alarm():
         # The biases (std 0.1) hold the pre-activations' std; the signal from
         # the inputs vanishes, as the gradients show.
         ("tanh", lambda: keras.initializers.RandomNormal(stddev=0.01), "vanish"),
-        ("tanh", lambda: keras.initializers.RandomNormal(stddev=1.0), "saturated"),
+        # std 2 over fan-in 32: pre-activations of std ~11, ~70% beyond
+        # atanh(0.999). (std 1 gives ~48%, at the 50% threshold: a coin flip.)
+        ("tanh", lambda: keras.initializers.RandomNormal(stddev=2.0), "saturated"),
         ("sigmoid", keras.initializers.GlorotUniform, None),
         ("sigmoid", lambda: keras.initializers.RandomNormal(stddev=0.01), "vanish"),
     ],

@@ -1,5 +1,6 @@
 """GradientHealth on the real training step (issue 11), read back from the
-event files and checked against independent GradientTape computations."""
+event files and checked against independent autodiff computations
+(`tf.GradientTape`, `jax.grad`, `torch.autograd`)."""
 
 import json
 import math
@@ -8,12 +9,20 @@ import warnings
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_fanin
 from keras_fanin import GradientHealth, GradientHealthWarning
 from keras_fanin.health import _callback
-from tests.helpers import TRAIN, read_scalars, run_python
+from tests.helpers import (
+    TRAIN,
+    grad_norms,
+    independent_gradients,
+    layer_norms,
+    read_scalars,
+    run_python,
+)
+
+BACKEND = keras.backend.backend()
 
 FEATURES = 8
 BATCH = 16
@@ -45,25 +54,8 @@ def fit(model, data, health, epochs=1, **kwargs):
     return [str(w.message) for w in caught if w.category is GradientHealthWarning]
 
 
-def layer_norms(model, tensors):
-    """Per-layer L2 norms of per-variable tensors aligned with trainable_weights."""
-    by_var = dict(zip([id(v) for v in model.trainable_weights], tensors, strict=True))
-    return {
-        layer.name: math.sqrt(
-            sum(
-                float(np.sum(np.square(by_var[id(v)]))) for v in layer.trainable_weights
-            )
-        )
-        for layer in model.layers
-        if layer.trainable_weights
-    }
-
-
 def tape_norms(model, x, y):
-    with tf.GradientTape() as tape:
-        loss = keras.losses.BinaryCrossentropy()(y, model(x, training=True))
-    grads = tape.gradient(loss, model.trainable_weights)
-    return layer_norms(model, [g.numpy() for g in grads])
+    return grad_norms(model, x, y, training=True)
 
 
 class WeightsPerStep(keras.callbacks.Callback):
@@ -127,6 +119,14 @@ def test_update_ratio_and_weight_norm_of_one_step(tmp_path, data):
 
 
 def test_steps_per_execution_and_jit_log_every_step_at_its_own_number(tmp_path, data):
+    if BACKEND == "torch":
+        # Keras allows neither steps_per_execution on torch; torch.compile
+        # traces the step once, so GradientHealth refuses jit_compile there.
+        model = mlp()
+        model.compile("sgd", "binary_crossentropy", jit_compile=True)
+        with pytest.raises(ValueError, match=r"`jit_compile=True` on torch"):
+            fit(model, data, GradientHealth(tmp_path, every_n_steps=1))
+        return
     runs = {}
     for name, kwargs in [
         ("plain", {}),
@@ -155,7 +155,7 @@ def test_every_n_steps_and_flushes_keep_each_logged_step_once(
     monkeypatch.setattr(_callback, "FLUSH_ROWS", 4)  # many flushes in one epoch
     model = mlp()
     model.compile(keras.optimizers.SGD(0.1), "binary_crossentropy",
-                  steps_per_execution=3)  # fmt: skip
+                  steps_per_execution=1 if BACKEND == "torch" else 3)  # fmt: skip
     health = GradientHealth(tmp_path, every_n_steps=2)
     fit(model, data, health, epochs=3)
     steps = [s for s, _ in read_scalars(tmp_path)["grad_norm/h1"]]
@@ -174,7 +174,8 @@ def test_gradient_accumulation_counts_batches(tmp_path, data):
     health = GradientHealth(tmp_path, every_n_steps=1)
     model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False,
               callbacks=[recorder, health])  # fmt: skip
-    assert int(model.optimizer.iterations.numpy()) == 5  # 10 batches, 5 updates
+    iterations = keras.ops.convert_to_numpy(model.optimizer.iterations)
+    assert int(iterations) == 5  # 10 batches, 5 updates
     scalars = read_scalars(tmp_path)
     assert [s for s, _ in scalars["grad_norm/h1"]] == list(range(10))
     reference = mlp()
@@ -218,9 +219,7 @@ def test_clipping_is_reported(tmp_path, data, clip):
     fit(model, (x[:BATCH], y[:BATCH]), health)
     reference = mlp()
     reference.set_weights(weights)
-    with tf.GradientTape() as tape:
-        loss = keras.losses.BinaryCrossentropy()(y[:BATCH], reference(x[:BATCH]))
-    grads = [g.numpy() for g in tape.gradient(loss, reference.trainable_weights)]
+    grads = independent_gradients(reference, x[:BATCH], y[:BATCH])
     norms = [float(np.linalg.norm(g)) for g in grads]
     total = math.sqrt(sum(n * n for n in norms))
     expected = (
@@ -251,7 +250,9 @@ def test_dead_layer_and_nan_kernel_from_the_training_step(tmp_path, data):
     assert sum("'dead' are dead" in m and "of the batch" in m for m in messages) == 1
 
     model = mlp()
-    model.compile(keras.optimizers.SGD(0.01), "binary_crossentropy")
+    # Not cross-entropy: torch's raises on a NaN probability (in Keras's own
+    # training step as well).
+    model.compile(keras.optimizers.SGD(0.01), "mse")
     kernel = model.get_layer("h2").kernel
     kernel.assign(np.full(kernel.shape, np.nan, "float32"))
     health = GradientHealth(tmp_path / "nan", every_n_steps=1, stop_on_nonfinite=True)
@@ -305,6 +306,8 @@ class OwnTrainStep(keras.Model):
         return self.out(self.hidden(x))
 
     def train_step(self, data):
+        import tensorflow as tf
+
         x, y = data
         with tf.GradientTape() as tape:
             loss = self.compute_loss(x=x, y=y, y_pred=self(x, training=True))
@@ -315,32 +318,41 @@ class OwnTrainStep(keras.Model):
         return {"loss": loss}
 
 
-def test_unbuilt_and_own_train_step_models(tmp_path, data):
-    x, y = data
-    for name, model, layers in [
-        ("subclassed", Subclassed(), ("sub_hidden", "sub_out")),
-        ("sequential", keras.Sequential([
+def _unbuilt(name):
+    if name == "subclassed":
+        return Subclassed(), ("sub_hidden", "sub_out")
+    if name == "sequential":
+        return keras.Sequential([
             keras.layers.Dense(16, activation="relu", name="seq_hidden"),
-            keras.layers.Dense(1, activation="sigmoid", name="seq_out")]),
-         ("seq_hidden", "seq_out")),
-        ("own", OwnTrainStep(), ("own_hidden", "own_out")),
-    ]:  # fmt: skip
-        assert not model.built
-        model.compile(keras.optimizers.SGD(0.1), "binary_crossentropy")
-        recorder = WeightsPerStep()
-        health = GradientHealth(tmp_path / name, every_n_steps=1)
-        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False,
-                  callbacks=[health, recorder])  # fmt: skip
-        scalars = read_scalars(tmp_path / name)
-        for layer in layers:
-            assert [s for s, _ in scalars[f"grad_norm/{layer}"]] == list(range(10))
-        # Step 1 (the model is built by then): an independent tape.
-        model.set_weights(recorder.weights[1])
-        norms = tape_norms(model, x[BATCH : 2 * BATCH], y[BATCH : 2 * BATCH])
-        for layer in layers:
-            assert scalars[f"grad_norm/{layer}"][1][1] == pytest.approx(
-                norms[layer], rel=1e-5
-            ), (name, layer)
+            keras.layers.Dense(1, activation="sigmoid", name="seq_out"),
+        ]), ("seq_hidden", "seq_out")  # fmt: skip
+    return OwnTrainStep(), ("own_hidden", "own_out")
+
+
+@pytest.mark.parametrize(
+    "name",
+    # OwnTrainStep's train_step is written with tf.GradientTape.
+    ["subclassed", "sequential", pytest.param("own", marks=pytest.mark.tf_only)],
+)
+def test_unbuilt_and_own_train_step_models(tmp_path, data, name):
+    x, y = data
+    model, layers = _unbuilt(name)
+    assert not model.built
+    model.compile(keras.optimizers.SGD(0.1), "binary_crossentropy")
+    recorder = WeightsPerStep()
+    health = GradientHealth(tmp_path / name, every_n_steps=1)
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False,
+              callbacks=[health, recorder])  # fmt: skip
+    scalars = read_scalars(tmp_path / name)
+    for layer in layers:
+        assert [s for s, _ in scalars[f"grad_norm/{layer}"]] == list(range(10))
+    # Step 1 (the model is built by then): an independent gradient.
+    model.set_weights(recorder.weights[1])
+    norms = tape_norms(model, x[BATCH : 2 * BATCH], y[BATCH : 2 * BATCH])
+    for layer in layers:
+        assert scalars[f"grad_norm/{layer}"][1][1] == pytest.approx(
+            norms[layer], rel=1e-5
+        ), (name, layer)
 
 
 def test_validation_and_probe_traces_are_not_counted_as_training(tmp_path, data):
@@ -356,8 +368,10 @@ def test_validation_and_probe_traces_are_not_counted_as_training(tmp_path, data)
 
 
 DETERMINISM = r"""
-import json, numpy as np, keras, tensorflow as tf, keras_fanin, tempfile
-tf.config.experimental.enable_op_determinism()
+import json, numpy as np, keras, keras_fanin, tempfile
+if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
+    tf.config.experimental.enable_op_determinism()
 rng = np.random.default_rng(0)
 x = rng.normal(size=(256, 8)).astype("float32")
 y = (x[:, :1] > 0).astype("float32")
@@ -408,6 +422,8 @@ class ManualUpdates(OwnTrainStep):
     """A train_step that updates the weights itself, never via the optimizer."""
 
     def train_step(self, data):
+        import tensorflow as tf
+
         x, y = data
         with tf.GradientTape() as tape:
             loss = self.compute_loss(x=x, y=y, y_pred=self(x, training=True))
@@ -417,6 +433,7 @@ class ManualUpdates(OwnTrainStep):
         return {"loss": loss}
 
 
+@pytest.mark.tf_only  # ManualUpdates's train_step is written with tf.GradientTape
 def test_own_step_without_the_optimizer_gets_one_clear_warning(tmp_path, data):
     model = ManualUpdates()
     model.compile(keras.optimizers.SGD(0.1), "binary_crossentropy")

@@ -112,7 +112,16 @@ class StatelessProbe(ProbeBase):
         import torch
 
         leaves = [t.detach().requires_grad_(True) for t in trainable]
-        loss, values = self._loss(leaves, x, y, sample_weight)
+        # An unseeded Dropout draws its mask from torch's global generator
+        # (Keras's torch fast path), which stateless_call cannot keep apart:
+        # fork it, or every probe would change the masks training draws next.
+        device = leaves[0].device if leaves else torch.device("cpu")
+        accelerated = device.type != "cpu"
+        with torch.random.fork_rng(
+            devices=[device.index or 0] if accelerated else [],
+            device_type=device.type if accelerated else None,
+        ):
+            loss, values = self._loss(leaves, x, y, sample_weight)
         grads = torch.autograd.grad(loss, leaves, allow_unused=True)
         with torch.no_grad():
             values = {c: v.detach() for c, v in values.items()}
