@@ -98,6 +98,25 @@ def round_trip(obj):
     )
 
 
+def assert_config_round_trips(init, shape):
+    """`from_config(get_config())` and Keras's serialization give `init` back:
+    the same class and config, and, with an int seed, the same draw."""
+    import keras
+    import numpy as np
+
+    config = init.get_config()
+    rebuilt = type(init).from_config(config)
+    restored = round_trip(init)
+    for again in (rebuilt, restored):
+        assert type(again) is type(init)
+        assert again.get_config() == config
+    if isinstance(config["seed"], int):  # an unseeded one picks a new seed
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(rebuilt(shape)),
+            keras.ops.convert_to_numpy(init(shape)),
+        )
+
+
 def _accumulator(log_dir, run):
     """A loaded TensorBoard EventAccumulator over one run, keeping every tensor."""
     import os
