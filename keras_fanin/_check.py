@@ -25,6 +25,7 @@ import numpy as np
 
 from keras_fanin._fans import compute_fans
 from keras_fanin._gains import calculate_gain, recommended_initializer
+from keras_fanin._patch import Patches
 from keras_fanin._text import WIDTH, header, json_safe, row, sig3
 from keras_fanin._validation import describe
 from keras_fanin.health import _stats
@@ -244,7 +245,7 @@ class _Recorder:
     def __init__(self, units, kernel_keys):
         self.units, self.kernel_keys = units, kernel_keys
         self.calls, self.stats = [], []  # (unit index, inputs, outputs); dicts
-        self._open, self._saved = {}, {}
+        self._open, self._patches = {}, Patches()
 
     def _wrap_call(self, unit):
         original = unit.layer.call
@@ -292,29 +293,18 @@ class _Recorder:
     def __enter__(self):
         for unit in self.units:
             layer, key = unit.layer, unit.index
-            self._saved[key] = {
-                name: vars(layer).get(name) for name in ("call", "activation")
-            }
-            object.__setattr__(layer, "call", self._wrap_call(unit))
+            self._patches.set(layer, "call", self._wrap_call(unit))
             own = vars(layer).get("activation")
             if (
                 key in self.kernel_keys
                 and callable(own)
                 and not isinstance(layer, keras.layers.RNN)
             ):
-                object.__setattr__(
-                    layer, "activation", self._wrap_activation(unit, own)
-                )
+                self._patches.set(layer, "activation", self._wrap_activation(unit, own))
         return self
 
     def __exit__(self, *exc):
-        for unit in self.units:
-            for name, saved in self._saved.pop(unit.index, {}).items():
-                if saved is None:
-                    if name in vars(unit.layer):
-                        object.__delattr__(unit.layer, name)
-                else:
-                    object.__setattr__(unit.layer, name, saved)
+        self._patches.restore()
 
 
 def _projection_loss(outputs):

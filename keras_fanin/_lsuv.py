@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from keras_fanin._orthogonal import Orthogonal
+from keras_fanin._patch import Patches
 from keras_fanin._validation import (
     FLOAT32_MAX,
     FLOAT32_TINY,
@@ -206,11 +207,10 @@ class _Run:
         self.records = {}  # layer id -> LSUVRecord, in the order reached
         self.units = {}  # layer id -> (layer, seed, gain)
         self.calls = {}  # layer id -> the layer's own `call`
-        self.own = {}  # layer id -> a `call` set on the instance before lsuv
+        self.patches = Patches()
 
     def wrap(self, layer):
         self.calls[id(layer)] = layer.call
-        self.own[id(layer)] = vars(layer).get("call")  # one already set on it
 
         def call(*args, **kwargs):
             original = self.calls[id(layer)]
@@ -218,15 +218,7 @@ class _Run:
                 return original(*args, **kwargs)
             return self.fit(layer, original, args, kwargs)
 
-        layer.call = call
-
-    def unwrap(self, layer):
-        if id(layer) not in self.calls:
-            return
-        if self.own[id(layer)] is not None:
-            layer.call = self.own[id(layer)]
-        elif "call" in vars(layer):
-            del layer.call
+        self.patches.set(layer, "call", call)
 
     def fit(self, layer, original, args, kwargs):
         kernel = layer.kernel
@@ -406,8 +398,7 @@ def lsuv(
             layer.kernel.assign(value)
         raise
     finally:
-        for layer in layers:
-            run.unwrap(layer)
+        run.patches.restore()
     for layer, seed_, gain in run.units.values():
         if hasattr(layer, "kernel_initializer"):
             layer.kernel_initializer = Orthogonal(gain=gain, seed=seed_)

@@ -295,7 +295,7 @@ class GradientHealth(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         model = self.model
-        if self._hook is not None and self._hook._saved:
+        if self._hook is not None and self._hook.installed:
             # A fit() that ended in an exception left the hook installed.
             self._flush()
             self._hook.uninstall()

@@ -7,7 +7,7 @@ was there and makes Keras trace its own train function again.
 
 import keras
 
-_MISSING = object()
+from keras_fanin._patch import Patches
 
 
 class StepHook:
@@ -26,21 +26,19 @@ class StepHook:
         inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         self.clipnorm = getattr(inner, "clipnorm", None)
         self.global_clipnorm = getattr(inner, "global_clipnorm", None)
-        self._saved = []
+        self._patches = Patches()
         self.traces = 0  # train_step traces, for tests of retracing
         self.applied = False  # whether the step reached the optimizer
 
     def _set(self, obj, name, value):
-        self._saved.append((obj, name, vars(obj).get(name, _MISSING)))
-        object.__setattr__(obj, name, value)
+        self._patches.set(obj, name, value)
+
+    @property
+    def installed(self):
+        return bool(self._patches)
 
     def uninstall(self):
-        for obj, name, old in reversed(self._saved):
-            if old is _MISSING:
-                object.__delattr__(obj, name)
-            else:
-                object.__setattr__(obj, name, old)
-        self._saved.clear()
+        self._patches.restore()
         # The traced function holds the wrappers: make Keras trace its own.
         self.model.train_function = None
 

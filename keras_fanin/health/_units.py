@@ -8,6 +8,8 @@ import dataclasses
 import keras
 import numpy as np
 
+from keras_fanin._patch import Patches
+
 RELUS = frozenset({"relu", "relu6"})
 # A leaky unit whose input is negative for every example still passes
 # `negative_slope` times the gradient, so it can come back: it is counted with
@@ -117,12 +119,11 @@ class Capture:
     keeps each unit's output; a shared layer is measured on its first call."""
 
     def __init__(self, units):
-        self.units, self.outputs, self._saved = units, {}, {}
+        self.units, self.outputs, self._patches = units, {}, Patches()
 
     def __enter__(self):
         for unit in self.units:
             layer, key = unit.layer, unit.index
-            self._saved[key] = vars(layer).get("call")
             original = layer.call
 
             def call(*args, _original=original, _key=key, **kwargs):
@@ -130,13 +131,8 @@ class Capture:
                 self.outputs.setdefault(_key, output)
                 return output
 
-            object.__setattr__(layer, "call", call)
+            self._patches.set(layer, "call", call)
         return self
 
     def __exit__(self, *exc):
-        for unit in self.units:
-            saved = self._saved.get(unit.index)
-            if saved is None:
-                object.__delattr__(unit.layer, "call")
-            else:
-                object.__setattr__(unit.layer, "call", saved)
+        self._patches.restore()
