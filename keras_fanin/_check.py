@@ -33,7 +33,7 @@ from keras_fanin.health._advice import (
     DEAD_WARN_FRACTION,
     DEPTH_RATIO_WARN,
     SATURATED_WARN_FRACTION,
-    _initial_std,
+    initial_std,
 )
 from keras_fanin.health._probe_data import shapes
 from keras_fanin.health._units import activation_name, find_units, first_float
@@ -912,7 +912,7 @@ def check(model, x=None) -> CheckReport:
         shape = tuple(int(d) for d in kernel.shape)
         fan_in, _ = compute_fans(shape)
         init = getattr(layer, "kernel_initializer", None)
-        drawn, drawn_from = _initial_std(init, shape), "initializer"
+        drawn, drawn_from = initial_std(init, shape), "initializer"
         if drawn is None:
             drawn = float(np.std(keras.ops.convert_to_numpy(kernel)))
             drawn_from = "kernel"

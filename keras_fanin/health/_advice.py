@@ -28,7 +28,7 @@ class GradientHealthWarning(UserWarning):
     """A warning from `GradientHealth` about a layer that does not train well."""
 
 
-def _initial_std(initializer, shape):
+def initial_std(initializer, shape):
     """The std `initializer` draws for `shape`, or None when it does not say."""
     if isinstance(initializer, FanScaling):
         return initializer.stddev(shape)
@@ -58,7 +58,7 @@ def kernel_advice(layer, activation, initializer):
     shape = tuple(kernel.shape)
     fan_in, _ = compute_fans(shape)
     target = calculate_gain(activation) / math.sqrt(max(1, fan_in))
-    actual = _initial_std(getattr(layer, "kernel_initializer", None), shape)
+    actual = initial_std(getattr(layer, "kernel_initializer", None), shape)
     if actual is None:
         actual = float(np.std(keras.ops.convert_to_numpy(kernel)))
         what = "Its kernel std is"
