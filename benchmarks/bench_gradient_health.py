@@ -21,6 +21,7 @@ logged steps.
     python benchmarks/bench_gradient_health.py            # full run (~15 min)
     python benchmarks/bench_gradient_health.py --quick    # a smoke run
     python benchmarks/bench_gradient_health.py --backend jax   # or torch
+    python benchmarks/bench_gradient_health.py --models mlp --parts compare
 
 On JAX and torch the hand-written floor and Keras's TensorBoard callback
 (TensorFlow summaries) are left out.
@@ -42,6 +43,11 @@ def _args(argv=None):
     )
     parser.add_argument(
         "--models", default="all", help="comma-separated subset: mlp,cnn,transformer"
+    )
+    parser.add_argument(
+        "--parts",
+        default="compare,depth,memory",
+        help="comma-separated subset of compare,depth,memory",
     )
     return parser.parse_args(argv)
 
@@ -300,9 +306,13 @@ def main():
     args = ARGS
     rounds = 1 if args.quick else 5
     with tempfile.TemporaryDirectory() as log_root:
-        compare(rounds, args.quick, log_root, args.models)
-        depth_cost(10 if args.quick else 50, log_root, 1 if args.quick else 3)
-        memory(1000 if args.quick else 5000, os.path.join(log_root, "memory"))
+        parts = args.parts.split(",")
+        if "compare" in parts:
+            compare(rounds, args.quick, log_root, args.models)
+        if "depth" in parts:
+            depth_cost(10 if args.quick else 50, log_root, 1 if args.quick else 3)
+        if "memory" in parts:
+            memory(1000 if args.quick else 5000, os.path.join(log_root, "memory"))
 
 
 if __name__ == "__main__":

@@ -149,18 +149,29 @@ def test_steps_per_execution_and_jit_log_every_step_at_its_own_number(tmp_path, 
             )  # fmt: skip
 
 
+@pytest.mark.parametrize("spe", [1, 3])
 def test_every_n_steps_and_flushes_keep_each_logged_step_once(
-    tmp_path, data, monkeypatch
+    tmp_path, data, monkeypatch, spe
 ):
+    if BACKEND == "torch" and spe > 1:
+        pytest.skip("Keras has no steps_per_execution on torch")
     monkeypatch.setattr(_callback, "FLUSH_ROWS", 4)  # many flushes in one epoch
     model = mlp()
     model.compile(keras.optimizers.SGD(0.1), "binary_crossentropy",
-                  steps_per_execution=1 if BACKEND == "torch" else 3)  # fmt: skip
+                  steps_per_execution=spe)  # fmt: skip
     health = GradientHealth(tmp_path, every_n_steps=2)
     fit(model, data, health, epochs=3)
     steps = [s for s, _ in read_scalars(tmp_path)["grad_norm/h1"]]
     assert steps == list(range(0, 30, 2))
     assert health._hook.traces <= 2  # no retracing after the first step
+    # Fits starting between two logged steps: 30 and 32 logged, then none
+    # in a one-step fit at 33, and no warning that the step was not seen.
+    x, y = data
+    assert not fit(model, (x[: 3 * BATCH], y[: 3 * BATCH]), health)
+    assert not fit(model, (x[:BATCH], y[:BATCH]), health)
+    steps = [s for s, _ in read_scalars(tmp_path)["grad_norm/h1"]]
+    assert steps == list(range(0, 34, 2))
+    assert health.history["grad_norm/h1"][-1][0] == 32
 
 
 def test_gradient_accumulation_counts_batches(tmp_path, data):

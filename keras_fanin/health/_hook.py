@@ -5,9 +5,23 @@ each unit's `call`) while `fit()` runs; `uninstall` puts back exactly what
 was there and makes Keras trace its own train function again.
 """
 
+from typing import NamedTuple
+
 import keras
 
 from keras_fanin._patch import Patches
+
+
+class UpdatePlan(NamedTuple):
+    """What a logged step reduces of the optimizer's update, fixed at trace
+    time: `_stats.update_values` turns per-variable sums into `cols`."""
+
+    kept: list  # positions of the variables with a gradient
+    segments: list  # each kept variable's unit, as a segment id (units: none)
+    units: int  # how many units own a kept variable
+    signals: tuple  # per-unit signals, in the order of `cols`
+    cols: list  # buffer columns: signal by signal, unit by unit; then clipping
+    clipped: bool  # whether the two clipping columns end `cols`
 
 
 class StepHook:
@@ -41,6 +55,30 @@ class StepHook:
         self._patches.restore()
         # The traced function holds the wrappers: make Keras trace its own.
         self.model.train_function = None
+
+    def update_plan(self, grads, variables):
+        """The `UpdatePlan` of one `optimizer.apply(grads, variables)`."""
+        owners = self.units_of(variables)
+        kept = [k for k, g in enumerate(grads) if g is not None]
+        units = sorted({owners[k] for k in kept if owners[k] is not None})
+        # A variable no unit owns sums into one more segment, dropped.
+        segments = [
+            units.index(owners[k]) if owners[k] is not None else len(units)
+            for k in kept
+        ]
+        signals = ("grad_norm", "update_ratio", "weight_norm", "weight_bad")
+        if not self.loss_scaled:
+            # Under loss scaling, non-finite gradients are routine: the step is
+            # skipped and the scale lowered. Only weights are checked.
+            signals += ("grad_bad",)
+        cols = [self.layout.column(u, s) for s in signals for u in units]
+        clipped = bool(kept) and bool(self.global_clipnorm or self.clipnorm)
+        if clipped:
+            cols += [
+                self.layout.global_column("clip/global_grad_norm"),
+                self.layout.global_column("clip/factor"),
+            ]
+        return UpdatePlan(kept, segments, len(units), signals, cols, clipped)
 
     def units_of(self, variables):
         """The index of the unit owning each variable (None for none)."""

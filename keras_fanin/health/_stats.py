@@ -46,6 +46,41 @@ def code_of_sum(total):
     return 2.0 * _f32(ops.isnan(total)) + _f32(ops.isinf(total))
 
 
+def update_values(sums, plan, clipnorm=None, global_clipnorm=None):
+    """The vector of `plan.cols` (an `UpdatePlan`) from per-variable sums.
+
+    `sums` is `[len(plan.kept), 4]` float32: per variable with a gradient,
+    |g|^2 (unscaled), |w_after|^2, |w_before|^2 and |w_after - w_before|^2.
+    One segment sum gathers them per unit, so the op count does not grow with
+    the number of layers (on TensorFlow and torch each op has a fixed cost).
+    """
+    per_unit = ops.segment_sum(
+        sums, ops.convert_to_tensor(plan.segments, "int32"), plan.units + 1
+    )[: plan.units]
+    g2, a2, b2, d2 = (per_unit[:, i] for i in range(4))
+    by_signal = {
+        "grad_norm": lambda: ops.sqrt(g2),
+        "update_ratio": lambda: ops.sqrt(d2) / ops.sqrt(b2),
+        "weight_norm": lambda: ops.sqrt(a2),
+        # The weights the step ran with: after the update, a NaN in one layer
+        # has already spread to the others through the gradients.
+        "weight_bad": lambda: code_of_sum(b2),
+        "grad_bad": lambda: code_of_sum(g2),
+    }
+    parts = [by_signal[s]() for s in plan.signals] if plan.units else []
+    if plan.clipped:
+        g2s = sums[:, 0]
+        total = ops.sqrt(ops.sum(g2s))
+        if global_clipnorm:
+            factor = ops.minimum(1.0, global_clipnorm / total)
+        else:
+            factor = ops.min(ops.minimum(1.0, clipnorm / ops.sqrt(g2s)))
+        parts.append(ops.stack([total, _f32(factor)]))
+    if not parts:
+        return ops.zeros((0,), "float32")
+    return ops.concatenate(parts, 0)
+
+
 def describe_nonfinite(code):
     """'NaN', 'inf' or 'NaN and inf' for a code of `nonfinite_code`."""
     return {1: "inf", 2: "NaN", 3: "NaN and inf"}.get(int(code), "")

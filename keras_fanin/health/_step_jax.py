@@ -264,58 +264,21 @@ class JaxStepHook(StepHook):
         if grads is None:
             return [], None
         grads, scale = grads
-        units_of = self.units_of(self.model.trainable_variables)
-        kept = [
-            (g, a, b, index)
-            for g, a, b, index in zip(grads, after, before, units_of, strict=True)
-            if g is not None
-        ]
-        units = sorted({i for *_, i in kept if i is not None})
-        col = self.layout.column
-        cols = []
-        for index in units:
-            cols += [col(index, s) for s in ("grad_norm", "update_ratio", "weight_norm",
-                                             "weight_bad")]  # fmt: skip
-            if not self.loss_scaled:
-                cols.append(col(index, "grad_bad"))
-        clipped = bool(self.global_clipnorm or self.clipnorm)
-        if clipped:
-            cols += [self.layout.global_column("clip/global_grad_norm"),
-                     self.layout.global_column("clip/factor")]  # fmt: skip
-        if not cols:
+        plan = self.update_plan(grads, self.model.trainable_variables)
+        if not plan.cols:
             return [], None
-
-        def compute():
-            s = 1.0 if scale is None else jnp.float32(scale)
-            sums = jnp.stack([
-                jnp.stack([
-                    jnp.sum(jnp.square(jnp.float32(g) / s)),
-                    jnp.sum(jnp.square(jnp.float32(a))),
-                    jnp.sum(jnp.square(jnp.float32(b))),
-                    jnp.sum(jnp.square(jnp.float32(a) - jnp.float32(b))),
-                ])
-                for g, a, b, _ in kept
-            ])  # fmt: skip
-            values = []
-            for index in units:
-                rows = jnp.asarray([k for k, (*_, i) in enumerate(kept) if i == index])
-                g2, a2, b2, d2 = jnp.sum(sums[rows], 0)
-                values += [jnp.sqrt(g2), jnp.sqrt(d2) / jnp.sqrt(b2), jnp.sqrt(a2),
-                           _stats.code_of_sum(b2)]  # fmt: skip
-                if not self.loss_scaled:
-                    values.append(_stats.code_of_sum(g2))
-            if clipped:
-                total = jnp.sqrt(jnp.sum(sums[:, 0]))
-                if self.global_clipnorm:
-                    factor = jnp.minimum(1.0, self.global_clipnorm / total)
-                else:
-                    factor = jnp.min(
-                        jnp.minimum(1.0, self.clipnorm / jnp.sqrt(sums[:, 0]))
-                    )
-                values += [total, factor]
-            return jnp.stack([jnp.float32(v) for v in values])
-
-        return cols, compute()
+        s = 1.0 if scale is None else jnp.float32(scale)
+        sums = jnp.stack([
+            jnp.stack([
+                jnp.sum(jnp.square(jnp.float32(grads[k]) / s)),
+                jnp.sum(jnp.square(jnp.float32(after[k]))),
+                jnp.sum(jnp.square(jnp.float32(before[k]))),
+                jnp.sum(jnp.square(jnp.float32(after[k]) - jnp.float32(before[k]))),
+            ])
+            for k in plan.kept
+        ])  # fmt: skip
+        values = _stats.update_values(sums, plan, self.clipnorm, self.global_clipnorm)
+        return plan.cols, values
 
     # -- on the host (after a state sync) ------------------------------------
 

@@ -1,13 +1,13 @@
 """The real training step on TensorFlow: what the optimizer applies, and the
 training forward pass, reduced on the device into a ring buffer.
 
-Three instance attributes are wrapped while `fit()` runs, then restored
+Instance attributes are wrapped while `fit()` runs, then restored
 (`install` / `uninstall`); the train function is re-made after each, so a
 model whose train function was traced before gets a fresh one, and a later
 `fit()` without the callback runs Keras's own step again:
 
-- `model.train_step`: marks which trace is a training trace, and after the
-  step writes the step number and advances the callback's step counter;
+- `model.train_step`: marks which trace is the logged step's, and after the
+  step writes the step number and the row;
 - `optimizer.apply(grads, trainable_variables)`: sees the gradients the
   optimizer is handed, before clipping and, under `LossScaleOptimizer`,
   still scaled (they are unscaled here, in float32); reads the weights before
@@ -15,13 +15,26 @@ model whose train function was traced before gets a fresh one, and a later
 - each unit's `call`: reduces the layer's output from the training forward
   pass (std, dead / saturated fraction, finiteness).
 
-On a logged step (the counter is a multiple of `every_n_steps`) the numbers go
-into row `(counter // every_n_steps) % capacity` of a `tf.Variable`; on other
-steps a `tf.cond` skips all of it, so the step costs what Keras's costs. The
-host reads the buffer once per flush (`read`). Under a multi-replica strategy
-a `tf.cond` may not hold a synchronisation point, so there the gradients are
-all-reduced (Keras's `apply` gets each replica's share, before the all-reduce)
-and the weights copied on every step, and only the reductions are skipped.
+With `steps_per_execution=1` (Keras's default), `model.train_function` is
+made twice by `model.make_train_function`: once around Keras's own
+`train_step`, run on the steps not logged, and once around the logged step;
+the host counts the steps and picks one per step, as on JAX. The unlogged
+steps then run Keras's step untouched, with no `tf.cond` in it. The logged
+step knows its own number from a device counter the host sets once per
+`fit()`, so choosing costs no transfer.
+
+With `steps_per_execution > 1` the steps of an execution run inside one
+`tf.while_loop` the host cannot split, so there one train function does it
+all: a device counter counts every step, and on steps not logged a `tf.cond`
+skips the statistics (one `tf.cond` in `apply`, one at the end of the step).
+
+The row of a logged step is `(step // every_n_steps) % capacity` of a
+`tf.Variable`; the host reads the buffer once per flush (`read`). Under a
+multi-replica strategy Keras's `apply` gets each replica's share, before the
+all-reduce; the logged step all-reduces the gradients itself. A `tf.cond` may
+not hold a synchronisation point there, so with `steps_per_execution > 1` the
+gradients are all-reduced and the weights copied on every step, and only the
+reductions are skipped.
 """
 
 import numpy as np
@@ -41,19 +54,6 @@ def _local(variable_factory, strategy):
             synchronization=tf.VariableSynchronization.ON_READ,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
-
-
-def _per_variable_sums(grads, after, before, scale):
-    """`[variables, 4]`: |g|^2, |w_after|^2, |w_before|^2, |after - before|^2."""
-    rows = []
-    for g, a, b in zip(grads, after, before, strict=True):
-        g = tf.cast(g, tf.float32) / scale
-        a, b = tf.cast(a, tf.float32), tf.cast(b, tf.float32)
-        rows.append(
-            tf.stack([tf.reduce_sum(g * g), tf.reduce_sum(a * a),
-                      tf.reduce_sum(b * b), tf.reduce_sum(tf.square(a - b))])
-        )  # fmt: skip
-    return tf.stack(rows)
 
 
 class TFStepHook(StepHook):
@@ -81,8 +81,13 @@ class TFStepHook(StepHook):
         )
         self.nonfinite_seen = _local(lambda **kw: tf.Variable(False, **kw), strategy)
         self._distributed = strategy.num_replicas_in_sync > 1
+        # Chosen per fit() in `install`: the host picks the logged step's
+        # function (`steps_per_execution=1`), or a device counter and a
+        # `tf.cond` do inside one function.
+        self._dispatching = False
+        self.step = start_step  # steps run, counted on the host when dispatching
         self._train_graph = None
-        self._pending, self._outputs = {}, {}
+        self._pending, self._outputs = [], {}
         self._bad_columns = {
             layout.column(unit.index, signal)
             for unit in layout.units
@@ -92,14 +97,38 @@ class TFStepHook(StepHook):
     # -- install / uninstall -------------------------------------------------
 
     def install(self):
-        self._set(
-            self.model, "train_step", self._wrap_train_step(self.model.train_step)
-        )
+        model = self.model
+        spe = int(getattr(model, "steps_per_execution", 1) or 1)
+        self._dispatching = spe == 1
+        self.set_counter(self.step)  # in this fit()'s meaning
+        original = model.train_step
         self._set(self.optimizer, "apply", self._wrap_apply(self.optimizer.apply))
         if self.activations:
             for unit in self.layout.units:
                 self._set(unit.layer, "call", self._wrap_call(unit, unit.layer.call))
-        self.model.make_train_function(force=True)
+        if not self._dispatching:
+            self._set(model, "train_step", self._wrap_train_step(original))
+            model.make_train_function(force=True)
+            return
+        # Keras's `_make_function` binds whatever `model.train_step` is.
+        self._set(model, "train_step", self._plain_step(original))
+        model.make_train_function(force=True)
+        plain = model.train_function
+        object.__setattr__(model, "train_step", self._wrap_train_step(original))
+        model.make_train_function(force=True)
+        model.train_function = self._dispatch(plain, model.train_function)
+
+    def _dispatch(self, plain, logged):
+        """A train function running `plain` or `logged` for each step."""
+        every_n = self.every_n
+
+        def train_function(iterator):
+            function = plain if self.step % every_n else logged
+            out = function(iterator)  # at the end of the data, raises: no step
+            self.step += 1
+            return out
+
+        return train_function
 
     # -- in the step -------------------------------------------------------------
 
@@ -109,34 +138,38 @@ class TFStepHook(StepHook):
     def _row(self):
         return (self.counter.read_value() // self.every_n) % self.capacity
 
-    def _when_logged(self, compute, keys):
-        """`compute()` (a dict of scalars) on a logged step, NaNs otherwise."""
+    def _branch(self, logged, plain):
+        """`logged()` on a logged step, `plain()` on others: in the logged
+        step's own function, `logged()` alone."""
+        if self._dispatching:
+            return logged()
+        return tf.cond(self._log_now(), logged, plain)
 
-        def run():
-            values = compute()
-            return {k: tf.reshape(tf.cast(values[k], tf.float32), []) for k in keys}
-
-        def skip():
-            return {k: tf.constant(np.nan, tf.float32) for k in keys}
-
-        return tf.cond(self._log_now(), run, skip)
+    def _when_logged(self, compute, size):
+        """`compute()` (a vector of `size`) on a logged step, NaNs otherwise."""
+        return self._branch(compute, lambda: tf.fill([size], np.float32(np.nan)))
 
     def _write_row(self):
         """On a logged step: reduces the stashed layer outputs, then writes the
         step number and every value of the step into its row, in one scatter."""
-        values = dict(self._pending)
+        cols, parts = [], []
+        for part_cols, values in self._pending:
+            cols += part_cols
+            parts.append(values)
         for unit, out in self._outputs.values():
             stats = _stats.output_stats(unit.layer, out, unit.activation, self.eps)
-            for signal, value in stats.items():
-                values[self.layout.column(unit.index, signal)] = value
-        self.layout.written.update(values)
+            cols += [self.layout.column(unit.index, signal) for signal in stats]
+            values = [tf.reshape(tf.cast(v, tf.float32), []) for v in stats.values()]
+            parts.append(tf.stack(values))
+        updates = tf.concat(parts, 0)
+        last = {c: i for i, c in enumerate(cols)}  # a column written twice: the last
+        if len(last) < len(cols):
+            keep = sorted(last.values())
+            cols, updates = [cols[i] for i in keep], tf.gather(updates, keep)
+        self.layout.written.update(cols)
         row, step = self._row(), self.counter.read_value()
-        cols = sorted(values)
         indices = tf.stack(
             [tf.fill([len(cols)], row), tf.constant(cols, tf.int64)], axis=1
-        )
-        updates = tf.stack(
-            [tf.reshape(tf.cast(values[c], tf.float32), []) for c in cols]
         )
         if self._distributed:
             # Sync-on-read variables take whole assignments only; once per
@@ -150,27 +183,38 @@ class TFStepHook(StepHook):
         else:
             self.steps.scatter_nd_update([[row]], [step])
             self.rows.scatter_nd_update(indices, updates)
-        bad = [updates[i] > 0 for i, c in enumerate(cols) if c in self._bad_columns]
+        bad = [i for i, c in enumerate(cols) if c in self._bad_columns]
         if bad:
             self.nonfinite_seen.assign(
-                tf.logical_or(self.nonfinite_seen, tf.reduce_any(tf.stack(bad)))
+                tf.logical_or(
+                    self.nonfinite_seen, tf.reduce_any(tf.gather(updates, bad) > 0)
+                )
             )
         return tf.constant(True)
+
+    def _plain_step(self, original):
+        def train_step(*args, **kwargs):
+            # Keras's own step: traced with every wrapper passing through.
+            self.traces += 1
+            return original(*args, **kwargs)
+
+        return train_step
 
     def _wrap_train_step(self, original):
         def train_step(*args, **kwargs):
             self.traces += 1
             self._train_graph = tf.compat.v1.get_default_graph()
-            self._pending, self._outputs = {}, {}
+            self._pending, self._outputs = [], {}
             try:
                 logs = original(*args, **kwargs)
             finally:
                 self._train_graph = None
             if self._pending or self._outputs:
-                # One tf.cond a step for all the layers' reductions and the
-                # write: on other steps it is all the step costs.
-                tf.cond(self._log_now(), self._write_row, lambda: tf.constant(False))
-            self.counter.assign_add(1)
+                # One branch for all the layers' reductions and the write.
+                self._branch(self._write_row, lambda: tf.constant(False))
+            # Dispatching, the host runs this step at the multiples of
+            # `every_n` only, and the counter holds the next one.
+            self.counter.assign_add(self.every_n if self._dispatching else 1)
             return logs
 
         return train_step
@@ -197,6 +241,10 @@ class TFStepHook(StepHook):
     def _wrap_apply(self, original):
         def apply(grads, trainable_variables=None):
             self.applied = True
+            if self._train_graph is None:  # Keras's own step, or not a training trace
+                if trainable_variables is None:
+                    return original(grads)
+                return original(grads, trainable_variables=trainable_variables)
             grads = list(grads)
             variables = (
                 list(trainable_variables)
@@ -206,7 +254,7 @@ class TFStepHook(StepHook):
             # Build outside the tf.cond below: no variable may be created in it.
             if not self.optimizer.built:
                 self.optimizer.build(variables)
-            keys = self._update_keys(variables)
+            plan = self.update_plan(grads, variables)
 
             def run_original():
                 if trainable_variables is None:
@@ -219,17 +267,17 @@ class TFStepHook(StepHook):
                 def logged():
                     before = [tf.identity(tf.convert_to_tensor(v)) for v in variables]
                     run_original()
-                    values = self._update_stats(grads, variables, before)
-                    return {k: tf.reshape(values[k], []) for k in keys}
+                    return self._update_stats(grads, variables, before, plan)
 
                 def plain():
                     run_original()
-                    return {k: tf.constant(np.nan, tf.float32) for k in keys}
+                    return tf.fill([len(plan.cols)], np.float32(np.nan))
 
-                values = tf.cond(self._log_now(), logged, plain)
+                values = self._branch(logged, plain)
             else:
                 # No synchronisation point may sit in a tf.cond in a replica
-                # context: reduce and copy on every step, reduce in the cond.
+                # context: outside one, reduce and copy (on every step when a
+                # tf.cond chooses), and compute the statistics in it.
                 dense = [
                     tf.convert_to_tensor(g) if g is not None else None for g in grads
                 ]
@@ -239,75 +287,31 @@ class TFStepHook(StepHook):
                 before = [tf.identity(tf.convert_to_tensor(v)) for v in variables]
                 run_original()
                 values = self._when_logged(
-                    lambda: self._update_stats(reduced, variables, before), keys
+                    lambda: self._update_stats(reduced, variables, before, plan),
+                    len(plan.cols),
                 )
-            self._pending.update(values)
+            if plan.cols:
+                self._pending.append((plan.cols, values))
 
         return apply
 
-    def _update_keys(self, variables):
-        """The columns `_update_stats` fills, known before it is traced."""
-        col, keys = self.layout.column, []
-        for index in sorted({i for i in self.units_of(variables) if i is not None}):
-            keys += [
-                col(index, s) for s in ("grad_norm", "update_ratio", "weight_norm")
-            ]
-            bad = ["weight_bad"] + ([] if self.loss_scaled else ["grad_bad"])
-            keys += [col(index, s) for s in bad]
-        if self.global_clipnorm or self.clipnorm:
-            keys += [
-                self.layout.global_column("clip/global_grad_norm"),
-                self.layout.global_column("clip/factor"),
-            ]
-        return keys
-
-    def _update_stats(self, grads, variables, before):
-        layout = self.layout
-        kept = [
-            (tf.convert_to_tensor(g), tf.convert_to_tensor(v), b, index)
-            for g, v, b, index in zip(
-                grads, variables, before, self.units_of(variables), strict=True
-            )
-            if g is not None
-        ]
-        if not kept:
-            return {}
-        scale = (
-            tf.convert_to_tensor(self.optimizer.dynamic_scale)
-            if self.loss_scaled
-            else tf.constant(1.0)
-        )
-        sums = _per_variable_sums(
-            [g for g, _, _, _ in kept],
-            [v for _, v, _, _ in kept],
-            [b for _, _, b, _ in kept],
-            tf.cast(scale, tf.float32),
-        )
-        values = {}
-        for index in sorted({i for *_, i in kept if i is not None}):
-            rows = [k for k, (*_, i) in enumerate(kept) if i == index]
-            g2, a2, b2, d2 = tf.unstack(tf.reduce_sum(tf.gather(sums, rows), 0))
-            col = lambda s, i=index: layout.column(i, s)  # noqa: E731
-            values[col("grad_norm")] = tf.sqrt(g2)
-            values[col("update_ratio")] = tf.sqrt(d2) / tf.sqrt(b2)
-            values[col("weight_norm")] = tf.sqrt(a2)
-            # The weights this step ran with: after the update, a NaN in one
-            # layer has already spread to the others through the gradients.
-            values[col("weight_bad")] = _stats.code_of_sum(b2)
-            if not self.loss_scaled:
-                # Under loss scaling, non-finite gradients are routine: the step
-                # is skipped and the scale lowered. Only weights are checked.
-                values[col("grad_bad")] = _stats.code_of_sum(g2)
-        if self.global_clipnorm or self.clipnorm:
-            norms = tf.sqrt(sums[:, 0])
-            total = tf.sqrt(tf.reduce_sum(sums[:, 0]))
-            if self.global_clipnorm:
-                factor = tf.minimum(1.0, self.global_clipnorm / total)
-            else:
-                factor = tf.reduce_min(tf.minimum(1.0, self.clipnorm / norms))
-            values[layout.global_column("clip/global_grad_norm")] = total
-            values[layout.global_column("clip/factor")] = factor
-        return values
+    def _update_stats(self, grads, variables, before, plan):
+        """The vector of `plan.cols`: four fused reductions a variable."""
+        if not plan.kept:
+            return tf.zeros([0], tf.float32)
+        squares = []
+        for k in plan.kept:
+            g = tf.cast(tf.convert_to_tensor(grads[k]), tf.float32)
+            a = tf.cast(tf.convert_to_tensor(variables[k]), tf.float32)
+            b = tf.cast(before[k], tf.float32)
+            # l2_loss: sum(x^2) / 2 in one kernel, no squared copy.
+            squares += [tf.nn.l2_loss(g), tf.nn.l2_loss(a), tf.nn.l2_loss(b),
+                        tf.nn.l2_loss(a - b)]  # fmt: skip
+        sums = 2.0 * tf.reshape(tf.stack(squares), [len(plan.kept), 4])
+        if self.loss_scaled:
+            scale = tf.cast(self.optimizer.dynamic_scale, tf.float32)
+            sums = sums * tf.stack([1.0 / (scale * scale), 1.0, 1.0, 1.0])
+        return _stats.update_values(sums, plan, self.clipnorm, self.global_clipnorm)
 
     # -- on the host -------------------------------------------------------------
 
@@ -316,10 +320,16 @@ class TFStepHook(StepHook):
         return self.steps.numpy(), self.rows.numpy()
 
     def read_counter(self):
-        return int(self.counter.numpy())
+        if not self._dispatching:
+            self.step = int(self.counter.numpy())
+        return self.step
 
     def set_counter(self, step):
-        self.counter.assign(step)
+        self.step = step
+        if self._dispatching:  # the number of the next logged step
+            self.counter.assign(-(-step // self.every_n) * self.every_n)
+        else:
+            self.counter.assign(step)
 
     def nonfinite(self):
         """Whether a logged step saw NaN or inf: one scalar read."""

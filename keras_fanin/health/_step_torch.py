@@ -40,7 +40,8 @@ class TorchStepHook(StepHook):
         self.step = start_step
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         self._logging = False
-        self._values, self._outputs = {}, {}
+        self._values, self._outputs = [], {}
+        self._indices = {}
 
     # -- install / uninstall -------------------------------------------------
 
@@ -58,7 +59,7 @@ class TorchStepHook(StepHook):
     def _wrap_train_step(self, original):
         def train_step(*args, **kwargs):
             self._logging = self.step % self.every_n == 0
-            self._values, self._outputs = {}, {}
+            self._values, self._outputs = [], {}
             try:
                 logs = original(*args, **kwargs)
             finally:
@@ -108,64 +109,51 @@ class TorchStepHook(StepHook):
         return apply
 
     def _update_stats(self, grads, variables, before):
-        layout = self.layout
-        kept = [
-            (g, v.value.detach(), b, index)
-            for g, v, b, index in zip(
-                grads, variables, before, self.units_of(variables), strict=True
-            )
-            if g is not None
-        ]
-        if not kept:
+        plan = self.update_plan(grads, variables)
+        if not plan.cols:
             return
-        scale = (
-            keras.ops.convert_to_tensor(self.optimizer.dynamic_scale).float()
-            if self.loss_scaled
-            else None
-        )
-        g_norms = _norms([g for g, _, _, _ in kept])
-        if scale is not None:
-            g_norms = g_norms / scale
-        a_norms = _norms([a for _, a, _, _ in kept])
-        b_norms = _norms([b for _, _, b, _ in kept])
-        d_norms = _norms([a.float() - b.float() for _, a, b, _ in kept])
-        sums = torch.stack([g_norms, a_norms, b_norms, d_norms], 1) ** 2
-        for index in sorted({i for *_, i in kept if i is not None}):
-            rows = [k for k, (*_, i) in enumerate(kept) if i == index]
-            g2, a2, b2, d2 = sums[rows].sum(0)
-            col = lambda s, i=index: layout.column(i, s)  # noqa: E731
-            self._values[col("grad_norm")] = g2.sqrt()
-            self._values[col("update_ratio")] = d2.sqrt() / b2.sqrt()
-            self._values[col("weight_norm")] = a2.sqrt()
-            self._values[col("weight_bad")] = _stats.code_of_sum(b2)
-            if not self.loss_scaled:
-                self._values[col("grad_bad")] = _stats.code_of_sum(g2)
-        if self.global_clipnorm or self.clipnorm:
-            total = sums[:, 0].sum().sqrt()
-            if self.global_clipnorm:
-                factor = torch.clamp(self.global_clipnorm / total, max=1.0)
-            else:
-                factor = torch.clamp(self.clipnorm / sums[:, 0].sqrt(), max=1.0).min()
-            self._values[layout.global_column("clip/global_grad_norm")] = total
-            self._values[layout.global_column("clip/factor")] = factor
+        kept_grads = [grads[k] for k in plan.kept]
+        after = [variables[k].value.detach() for k in plan.kept]
+        prior = [before[k] for k in plan.kept]
+        g_norms = _norms(kept_grads)
+        if self.loss_scaled:
+            scale = keras.ops.convert_to_tensor(self.optimizer.dynamic_scale)
+            g_norms = g_norms / scale.float()
+        sums = torch.stack([
+            g_norms,
+            _norms(after),
+            _norms(prior),
+            _norms([a.float() - b.float() for a, b in zip(after, prior, strict=True)]),
+        ], 1) ** 2  # fmt: skip
+        values = _stats.update_values(sums, plan, self.clipnorm, self.global_clipnorm)
+        self._values.append((plan.cols, values))
 
     def _write_row(self):
-        values = dict(self._values)
+        cols, parts = [], []
+        for part_cols, values in self._values:
+            cols += part_cols
+            parts.append(values)
         with torch.no_grad():
             for unit, out in self._outputs.values():
                 stats = _stats.output_stats(unit.layer, out, unit.activation, self.eps)
-                for signal, value in stats.items():
-                    values[self.layout.column(unit.index, signal)] = value
-        if not values:
+                cols += [self.layout.column(unit.index, signal) for signal in stats]
+                parts.append(torch.stack([
+                    torch.as_tensor(v, device=self.rows.device).float().reshape(())
+                    for v in stats.values()
+                ]))  # fmt: skip
+        if not cols:
             return
-        self.layout.written.update(values)
-        cols = sorted(values)
+        updates = torch.cat(parts)
+        last = {c: i for i, c in enumerate(cols)}  # a column written twice: the last
+        if len(last) < len(cols):
+            keep = sorted(last.values())
+            cols, updates = [cols[i] for i in keep], updates[keep]
+        self.layout.written.update(cols)
         row = (self.step // self.every_n) % self.capacity
-        updates = torch.stack(
-            [torch.as_tensor(values[c], device=self.rows.device).float().reshape(())
-             for c in cols]
-        )  # fmt: skip
-        self.rows[row, torch.tensor(cols, device=self.rows.device)] = updates
+        key = tuple(cols)
+        if key not in self._indices:  # the same columns every logged step
+            self._indices[key] = torch.tensor(cols, device=self.rows.device)
+        self.rows[row, self._indices[key]] = updates
         self.steps[row] = self.step
         bad = [
             i for i, c in enumerate(cols)
