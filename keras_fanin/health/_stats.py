@@ -4,12 +4,16 @@ Every function returns float32 scalars and runs on any backend, so that the
 same reductions serve the TensorFlow, JAX and torch hooks and the probe.
 """
 
+import keras
 from keras import ops
 
 from keras_fanin.health._units import LEAKY_RELUS, RELUS, activation_signal, unit_axis
 
 
 def _f32(x):
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None and keras.backend.standardize_dtype(dtype) == "float32":
+        return x  # a cast op saved: on torch each one costs Python time
     return ops.cast(x, "float32")
 
 
@@ -57,17 +61,20 @@ def update_values(sums, plan, clipnorm=None, global_clipnorm=None):
     per_unit = ops.segment_sum(
         sums, ops.convert_to_tensor(plan.segments, "int32"), plan.units + 1
     )[: plan.units]
-    g2, a2, b2, d2 = (per_unit[:, i] for i in range(4))
+    # Whole-matrix ops, then columns: on torch each keras.ops call costs tens
+    # of microseconds of Python, whatever its size.
+    roots = ops.sqrt(per_unit)  # |g|, |w_after|, |w_before|, |update|
+    codes = code_of_sum(per_unit)
     by_signal = {
-        "grad_norm": lambda: ops.sqrt(g2),
-        "update_ratio": lambda: ops.sqrt(d2) / ops.sqrt(b2),
-        "weight_norm": lambda: ops.sqrt(a2),
+        "grad_norm": roots[:, 0],
+        "update_ratio": roots[:, 3] / roots[:, 2],
+        "weight_norm": roots[:, 1],
         # The weights the step ran with: after the update, a NaN in one layer
         # has already spread to the others through the gradients.
-        "weight_bad": lambda: code_of_sum(b2),
-        "grad_bad": lambda: code_of_sum(g2),
+        "weight_bad": codes[:, 2],
+        "grad_bad": codes[:, 0],
     }
-    parts = [by_signal[s]() for s in plan.signals] if plan.units else []
+    parts = [by_signal[s] for s in plan.signals] if plan.units else []
     if plan.clipped:
         g2s = sums[:, 0]
         total = ops.sqrt(ops.sum(g2s))
@@ -86,9 +93,9 @@ def describe_nonfinite(code):
     return {1: "inf", 2: "NaN", 3: "NaN and inf"}.get(int(code), "")
 
 
-def output_stats(layer, output, activation, saturation_eps):
-    """`{signal: scalar}` for one layer output: its std, finiteness, and the
-    dead / saturated fraction its activation calls for."""
+def _output_sums(layer, output, activation, saturation_eps):
+    """`(mean, mean square, fraction or None)` of one layer output: the
+    reductions that need the whole tensor."""
     out = _f32(ops.stop_gradient(output))
     # One pass for the mean and one for the mean square (the std from their
     # difference, which float32 resolves well enough for a diagnostic), instead
@@ -96,26 +103,65 @@ def output_stats(layer, output, activation, saturation_eps):
     # largest tensors of a step. Finiteness is read off the mean, not the mean
     # square: outputs of 1e26 are finite (if exploding), their squares are not.
     mean, mean_square = ops.mean(out), ops.mean(ops.square(out))
-    stats = {
-        "activation_std": ops.sqrt(ops.maximum(mean_square - mean * mean, 0.0)),
-        "activation_bad": code_of_sum(mean),
-    }
-    signal = activation_signal(activation)
+    fraction = None
     rank = len(out.shape)
     if activation in RELUS | LEAKY_RELUS:
         axis = unit_axis(layer, rank)
         others = tuple(a for a in range(rank) if a != axis)
         alive = ops.any(out > 0, axis=others) if others else out > 0
-        stats[signal] = 1.0 - ops.mean(_f32(alive))
+        fraction = 1.0 - ops.mean(_f32(alive))
     elif activation == "sigmoid":
         eps = saturation_eps
-        stats[signal] = ops.mean(_f32(ops.logical_or(out < eps, out > 1.0 - eps)))
+        fraction = ops.mean(_f32(ops.logical_or(out < eps, out > 1.0 - eps)))
     elif activation == "tanh":
-        stats[signal] = ops.mean(_f32(ops.abs(out) > 1.0 - saturation_eps))
+        fraction = ops.mean(_f32(ops.abs(out) > 1.0 - saturation_eps))
+    return mean, mean_square, fraction
+
+
+def _std_of(mean, mean_square):
+    return ops.sqrt(ops.maximum(mean_square - mean * mean, 0.0))
+
+
+def output_stats(layer, output, activation, saturation_eps):
+    """`{signal: scalar}` for one layer output: its std, finiteness, and the
+    dead / saturated fraction its activation calls for."""
+    mean, mean_square, fraction = _output_sums(
+        layer, output, activation, saturation_eps
+    )
+    stats = {
+        "activation_std": _std_of(mean, mean_square),
+        "activation_bad": code_of_sum(mean),
+    }
+    if fraction is not None:
+        stats[activation_signal(activation)] = fraction
     return stats
 
 
-def output_signals(activation):
-    """The keys `output_stats` returns for a layer with `activation`."""
-    signal = activation_signal(activation)
-    return ("activation_std", "activation_bad") + ((signal,) if signal else ())
+def layer_outputs(outputs, saturation_eps, column):
+    """`(columns, vector)` of `output_stats` for many units at once.
+
+    `outputs` is `[(unit, output)]`, `column(unit_index, signal)` a buffer
+    column. The whole-tensor reductions run per layer; the rest runs once on
+    the stacked results, so a step with many layers adds few ops.
+    """
+    outputs = list(outputs)
+    if not outputs:
+        return [], None
+    means, squares, fractions, fraction_cols = [], [], [], []
+    for unit, out in outputs:
+        mean, mean_square, fraction = _output_sums(
+            unit.layer, out, unit.activation, saturation_eps
+        )
+        means.append(mean)
+        squares.append(mean_square)
+        if fraction is not None:
+            fractions.append(_f32(fraction))
+            signal = activation_signal(unit.activation)
+            fraction_cols.append(column(unit.index, signal))
+    mean, mean_square = ops.stack(means), ops.stack(squares)
+    parts = [_std_of(mean, mean_square), code_of_sum(mean)]
+    if fractions:
+        parts.append(ops.stack(fractions))
+    cols = [column(unit.index, "activation_std") for unit, _ in outputs]
+    cols += [column(unit.index, "activation_bad") for unit, _ in outputs]
+    return cols + fraction_cols, ops.concatenate(parts, 0)

@@ -162,25 +162,11 @@ class JaxStepHook(StepHook):
                 outputs, self._outputs = self._outputs, None
             metrics = list(aux[3])
             _, _, rows_slot = self._slots()
-            cols, keys = [], []
-            for unit, _ in outputs.values():
-                for signal in _stats.output_signals(unit.activation):
-                    cols.append(self.layout.column(unit.index, signal))
-                    keys.append((unit.index, signal))
+            cols, stats = _stats.layer_outputs(
+                outputs.values(), self.eps, self.layout.column
+            )
             if not cols:
                 return loss, aux
-
-            def compute():
-                values = {}
-                for unit, out in outputs.values():
-                    stats = _stats.output_stats(
-                        unit.layer, out, unit.activation, self.eps
-                    )
-                    for signal, value in stats.items():
-                        values[(unit.index, signal)] = value
-                return jnp.stack([jnp.float32(values[k]) for k in keys])
-
-            stats = compute()
             self.layout.written.update(cols)
             self._act_cols = cols
             # Carried out of the gradient trace in the rows slot's last row

@@ -156,11 +156,12 @@ class TFStepHook(StepHook):
         for part_cols, values in self._pending:
             cols += part_cols
             parts.append(values)
-        for unit, out in self._outputs.values():
-            stats = _stats.output_stats(unit.layer, out, unit.activation, self.eps)
-            cols += [self.layout.column(unit.index, signal) for signal in stats]
-            values = [tf.reshape(tf.cast(v, tf.float32), []) for v in stats.values()]
-            parts.append(tf.stack(values))
+        out_cols, values = _stats.layer_outputs(
+            self._outputs.values(), self.eps, self.layout.column
+        )
+        if out_cols:
+            cols += out_cols
+            parts.append(values)
         updates = tf.concat(parts, 0)
         last = {c: i for i, c in enumerate(cols)}  # a column written twice: the last
         if len(last) < len(cols):

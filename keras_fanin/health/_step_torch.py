@@ -42,6 +42,7 @@ class TorchStepHook(StepHook):
         self._logging = False
         self._values, self._outputs = [], {}
         self._indices = {}
+        self._before = {}  # copies of the weights before a logged update
 
     # -- install / uninstall -------------------------------------------------
 
@@ -53,6 +54,10 @@ class TorchStepHook(StepHook):
             for unit in self.layout.units:
                 self._set(unit.layer, "call", self._wrap_call(unit, unit.layer.call))
         model.make_train_function(force=True)
+
+    def uninstall(self):
+        super().uninstall()
+        self._before.clear()
 
     # -- in the step -------------------------------------------------------------
 
@@ -95,36 +100,48 @@ class TorchStepHook(StepHook):
                 if trainable_variables is not None
                 else list(self.model.trainable_variables)
             )
+            plan = self.update_plan(grads, variables)
+            if not plan.cols:
+                if trainable_variables is None:
+                    return original(grads)
+                return original(grads, trainable_variables=trainable_variables)
+            kept = [variables[k].value.detach() for k in plan.kept]
             with torch.no_grad():
-                before = [v.value.detach().clone() for v in variables]
+                # The optimizer updates the weights in place: keep a copy, in
+                # buffers kept across steps (a fresh allocation per step
+                # costs more than the copy on a CPU).
+                b_norms = _norms(kept)
+                before = self._buffers(kept)
+                for buffer, weight in zip(before, kept, strict=True):
+                    buffer.copy_(weight)
             result = (
                 original(grads)
                 if trainable_variables is None
                 else original(grads, trainable_variables=trainable_variables)
             )
             with torch.no_grad():
-                self._update_stats(grads, variables, before)
+                after = [variables[k].value.detach() for k in plan.kept]
+                self._update_stats(grads, plan, after, before, b_norms)
             return result
 
         return apply
 
-    def _update_stats(self, grads, variables, before):
-        plan = self.update_plan(grads, variables)
-        if not plan.cols:
-            return
-        kept_grads = [grads[k] for k in plan.kept]
-        after = [variables[k].value.detach() for k in plan.kept]
-        prior = [before[k] for k in plan.kept]
-        g_norms = _norms(kept_grads)
+    def _buffers(self, weights):
+        """Tensors shaped like `weights`, made once per set of weights."""
+        key = tuple(id(w) for w in weights)
+        if key not in self._before:
+            self._before[key] = [torch.empty_like(w) for w in weights]
+        return self._before[key]
+
+    def _update_stats(self, grads, plan, after, before, b_norms):
+        g_norms = _norms([grads[k] for k in plan.kept])
         if self.loss_scaled:
             scale = keras.ops.convert_to_tensor(self.optimizer.dynamic_scale)
             g_norms = g_norms / scale.float()
-        sums = torch.stack([
-            g_norms,
-            _norms(after),
-            _norms(prior),
-            _norms([a.float() - b.float() for a, b in zip(after, prior, strict=True)]),
-        ], 1) ** 2  # fmt: skip
+        a_norms = _norms(after)
+        for buffer, weight in zip(before, after, strict=True):
+            buffer.sub_(weight)  # in place: the update, negated
+        sums = torch.stack([g_norms, a_norms, b_norms, _norms(before)], 1) ** 2
         values = _stats.update_values(sums, plan, self.clipnorm, self.global_clipnorm)
         self._values.append((plan.cols, values))
 
@@ -134,13 +151,12 @@ class TorchStepHook(StepHook):
             cols += part_cols
             parts.append(values)
         with torch.no_grad():
-            for unit, out in self._outputs.values():
-                stats = _stats.output_stats(unit.layer, out, unit.activation, self.eps)
-                cols += [self.layout.column(unit.index, signal) for signal in stats]
-                parts.append(torch.stack([
-                    torch.as_tensor(v, device=self.rows.device).float().reshape(())
-                    for v in stats.values()
-                ]))  # fmt: skip
+            out_cols, values = _stats.layer_outputs(
+                self._outputs.values(), self.eps, self.layout.column
+            )
+        if out_cols:
+            cols += out_cols
+            parts.append(values)
         if not cols:
             return
         updates = torch.cat(parts)
