@@ -47,6 +47,15 @@ def _args(argv=None):
         "--models", default="all", help="comma-separated subset: mlp,cnn,transformer"
     )
     parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds (default 3)"
+    )
+    parser.add_argument(
+        "--configs",
+        default="all",
+        help="comma-separated words picking configurations (always with "
+        "'no callback'), e.g. 'defaults,floor'",
+    )
+    parser.add_argument(
         "--parts",
         default="compare,depth,memory",
         help="comma-separated subset of compare,depth,memory",
@@ -213,10 +222,15 @@ def epoch_time(build, make_x, config, steps, log_dir):
     return timer.best, traces
 
 
-def compare(rounds, quick, log_root, models):
+def compare(rounds, quick, log_root, models, picked="all"):
     configs = CONFIGS
+    if picked != "all":
+        words = picked.split(",")
+        configs = [
+            c for c in configs if c == "no callback" or any(w in c for w in words)
+        ]
     if keras.backend.backend() != "tensorflow":
-        configs = [c for c in CONFIGS if "TensorBoard" not in c and "floor" not in c]
+        configs = [c for c in configs if "TensorBoard" not in c and "floor" not in c]
     for name, (build, make_x, steps) in MODELS.items():
         if (
             models != "all"
@@ -320,11 +334,11 @@ def memory(steps, log_root):
 
 def main():
     args = ARGS
-    rounds = 1 if args.quick else 3
+    rounds = 1 if args.quick else args.rounds
     with tempfile.TemporaryDirectory() as log_root:
         parts = args.parts.split(",")
         if "compare" in parts:
-            compare(rounds, args.quick, log_root, args.models)
+            compare(rounds, args.quick, log_root, args.models, args.configs)
         if "depth" in parts:
             depth_cost(10 if args.quick else 50, log_root, 1 if args.quick else 3)
         if "memory" in parts:
