@@ -174,6 +174,23 @@ def test_every_n_steps_and_flushes_keep_each_logged_step_once(
     assert health.history["grad_norm/h1"][-1][0] == 32
 
 
+def test_one_callback_across_steps_per_execution_and_eager_fits(tmp_path, data):
+    # The TF hook counts steps on the host with steps_per_execution=1 and on
+    # the device otherwise; a callback and optimizer kept across recompiles
+    # must carry the step number from one way to the other.
+    if BACKEND == "torch":
+        pytest.skip("Keras has no steps_per_execution on torch")
+    optimizer = keras.optimizers.SGD(0.1)
+    model = mlp()
+    health = GradientHealth(tmp_path, every_n_steps=4)
+    for kwargs in ({"steps_per_execution": 3}, {}, {"run_eagerly": True},
+                   {"steps_per_execution": 3}):  # fmt: skip
+        model.compile(optimizer, "binary_crossentropy", **kwargs)
+        fit(model, data, health)  # 10 steps each
+    steps = [s for s, _ in read_scalars(tmp_path)["grad_norm/h1"]]
+    assert steps == list(range(0, 40, 4))
+
+
 def test_gradient_accumulation_counts_batches(tmp_path, data):
     x, y = data
     model = mlp()

@@ -425,7 +425,7 @@ class GradientHealth(keras.callbacks.Callback):
         model = self.model
         _check_supported(model, backend)
         key = (id(model), id(model.optimizer))
-        if self._hook is None or key != self._hook_key:
+        if self._hook is None or key != self._hook_key or not self._hook.usable():
             if self._hook is not None:
                 start = self._step
                 self._flush()  # whatever the old model left unread

@@ -44,6 +44,11 @@ class StepHook:
         self.traces = 0  # train_step traces, for tests of retracing
         self.applied = False  # whether the step reached the optimizer
 
+    def usable(self):
+        """Whether this hook still fits its model (same model and optimizer
+        assumed); a recompile may have replaced what it keeps state in."""
+        return True
+
     def _set(self, obj, name, value):
         self._patches.set(obj, name, value)
 

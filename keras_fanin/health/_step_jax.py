@@ -96,6 +96,11 @@ class JaxStepHook(StepHook):
         logged = model.train_function
         model.train_function = self._dispatch(plain, logged)
 
+    def usable(self):
+        # `compile()` makes a new loss tracker: the buffer went with the old.
+        ids = {id(v) for v in self.model.metrics_variables}
+        return all(id(v) in ids for v in (self.next_logged, self.steps, self.rows))
+
     # -- on the host, every step -----------------------------------------------
 
     def _dispatch(self, plain, logged):
