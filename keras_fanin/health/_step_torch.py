@@ -111,7 +111,7 @@ class TorchStepHook(StepHook):
                 # buffers kept across steps (a fresh allocation per step
                 # costs more than the copy on a CPU).
                 b_norms = _norms(kept)
-                before = self._buffers(kept)
+                before = self._buffers([variables[k] for k in plan.kept], kept)
                 for buffer, weight in zip(before, kept, strict=True):
                     buffer.copy_(weight)
             result = (
@@ -126,9 +126,11 @@ class TorchStepHook(StepHook):
 
         return apply
 
-    def _buffers(self, weights):
-        """Tensors shaped like `weights`, made once per set of weights."""
-        key = tuple(id(w) for w in weights)
+    def _buffers(self, variables, weights):
+        """Tensors shaped like `weights`, made once per set of `variables`
+        (keyed by the Keras variables: `.value.detach()` is a new tensor
+        object on every call)."""
+        key = tuple(id(v) for v in variables)
         if key not in self._before:
             self._before[key] = [torch.empty_like(w) for w in weights]
         return self._before[key]
