@@ -10,6 +10,8 @@ from typing import NamedTuple
 import keras
 
 from keras_fanin._patch import Patches
+from keras_fanin.health import _stats
+from keras_fanin.health._layout import NONFINITE
 
 
 class UpdatePlan(NamedTuple):
@@ -84,6 +86,33 @@ class StepHook:
                 self.layout.global_column("clip/factor"),
             ]
         return UpdatePlan(kept, segments, len(units), signals, cols, clipped)
+
+    def row_values(self, pending, outputs):
+        """`(cols, vector, bad)` of one logged step, for its one write.
+
+        `pending` is `[(cols, vector)]` from the optimizer's apply, `outputs`
+        `[(unit, output)]` from the forward pass; a column written twice (two
+        `apply` calls in one step) keeps its last value. `bad` are the
+        positions of the non-finite codes. `(None, None, None)` for none.
+        """
+        cols, parts = [], []
+        for part_cols, values in pending:
+            cols += part_cols
+            parts.append(values)
+        out_cols, values = _stats.layer_outputs(outputs, self.eps, self.layout.column)
+        if out_cols:
+            cols += out_cols
+            parts.append(values)
+        if not cols:
+            return None, None, None
+        updates = keras.ops.concatenate(parts, 0)
+        last = {c: i for i, c in enumerate(cols)}
+        if len(last) < len(cols):
+            keep = sorted(last.values())
+            cols, updates = [cols[i] for i in keep], keras.ops.take(updates, keep)
+        self.layout.written.update(cols)
+        bad = [i for i, c in enumerate(cols) if self.layout.signal_of(c) in NONFINITE]
+        return cols, updates, bad
 
     def units_of(self, variables):
         """The index of the unit owning each variable (None for none)."""

@@ -88,11 +88,6 @@ class TFStepHook(StepHook):
         self.step = start_step  # steps run, counted on the host when dispatching
         self._train_graph = None
         self._pending, self._outputs = [], {}
-        self._bad_columns = {
-            layout.column(unit.index, signal)
-            for unit in layout.units
-            for signal in ("activation_bad", "weight_bad", "grad_bad")
-        }
 
     # -- install / uninstall -------------------------------------------------
 
@@ -152,22 +147,9 @@ class TFStepHook(StepHook):
     def _write_row(self):
         """On a logged step: reduces the stashed layer outputs, then writes the
         step number and every value of the step into its row, in one scatter."""
-        cols, parts = [], []
-        for part_cols, values in self._pending:
-            cols += part_cols
-            parts.append(values)
-        out_cols, values = _stats.layer_outputs(
-            self._outputs.values(), self.eps, self.layout.column
-        )
-        if out_cols:
-            cols += out_cols
-            parts.append(values)
-        updates = tf.concat(parts, 0)
-        last = {c: i for i, c in enumerate(cols)}  # a column written twice: the last
-        if len(last) < len(cols):
-            keep = sorted(last.values())
-            cols, updates = [cols[i] for i in keep], tf.gather(updates, keep)
-        self.layout.written.update(cols)
+        cols, updates, bad = self.row_values(self._pending, self._outputs.values())
+        if not cols:
+            return tf.constant(True)
         row, step = self._row(), self.counter.read_value()
         indices = tf.stack(
             [tf.fill([len(cols)], row), tf.constant(cols, tf.int64)], axis=1
@@ -184,7 +166,6 @@ class TFStepHook(StepHook):
         else:
             self.steps.scatter_nd_update([[row]], [step])
             self.rows.scatter_nd_update(indices, updates)
-        bad = [i for i, c in enumerate(cols) if c in self._bad_columns]
         if bad:
             self.nonfinite_seen.assign(
                 tf.logical_or(

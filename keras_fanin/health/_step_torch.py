@@ -148,35 +148,16 @@ class TorchStepHook(StepHook):
         self._values.append((plan.cols, values))
 
     def _write_row(self):
-        cols, parts = [], []
-        for part_cols, values in self._values:
-            cols += part_cols
-            parts.append(values)
         with torch.no_grad():
-            out_cols, values = _stats.layer_outputs(
-                self._outputs.values(), self.eps, self.layout.column
-            )
-        if out_cols:
-            cols += out_cols
-            parts.append(values)
+            cols, updates, bad = self.row_values(self._values, self._outputs.values())
         if not cols:
             return
-        updates = torch.cat(parts)
-        last = {c: i for i, c in enumerate(cols)}  # a column written twice: the last
-        if len(last) < len(cols):
-            keep = sorted(last.values())
-            cols, updates = [cols[i] for i in keep], updates[keep]
-        self.layout.written.update(cols)
         row = (self.step // self.every_n) % self.capacity
         key = tuple(cols)
         if key not in self._indices:  # the same columns every logged step
             self._indices[key] = torch.tensor(cols, device=self.rows.device)
         self.rows[row, self._indices[key]] = updates
         self.steps[row] = self.step
-        bad = [
-            i for i, c in enumerate(cols)
-            if self.layout.signal_of(c) in ("activation_bad", "weight_bad", "grad_bad")
-        ]  # fmt: skip
         if bad:
             self._nonfinite |= (updates[bad] > 0).any()
 
