@@ -3,9 +3,32 @@
 GradientHealth's step hooks, its probe, `check` and `lsuv` all wrap methods
 of live objects (a layer's `call`, `model.train_step`, an optimizer's apply)
 through public attribute assignment; this is the one place that does it.
+
+Several wrappers may stack on one attribute (two GradientHealth callbacks in
+one `fit()`), and they may be taken off in any order: each attribute keeps
+its chain of wrappers, and one taken off from the middle is spliced out, so
+that when the last goes the attribute is what it was before the first.
 """
 
 _MISSING = object()
+# (id(obj), name) -> the live patches of that attribute, oldest first.
+_chains = {}
+
+
+class _Patch:
+    __slots__ = ("obj", "name", "saved", "value")
+
+    def __init__(self, obj, name, saved, value):
+        self.obj, self.name, self.saved, self.value = obj, name, saved, value
+
+
+def _put(obj, name, value):
+    # object.__setattr__: a Keras layer's own __setattr__ would track it.
+    if value is _MISSING:
+        if name in vars(obj):
+            object.__delattr__(obj, name)
+    else:
+        object.__setattr__(obj, name, value)
 
 
 class Patches:
@@ -19,17 +42,32 @@ class Patches:
         self._saved = []
 
     def set(self, obj, name, value):
-        self._saved.append((obj, name, vars(obj).get(name, _MISSING)))
-        # object.__setattr__: a Keras layer's own __setattr__ would track it.
-        object.__setattr__(obj, name, value)
+        patch = _Patch(obj, name, vars(obj).get(name, _MISSING), value)
+        self._saved.append(patch)
+        _chains.setdefault((id(obj), name), []).append(patch)
+        _put(obj, name, value)
 
     def restore(self):
-        for obj, name, old in reversed(self._saved):
-            if old is _MISSING:
-                object.__delattr__(obj, name)
-            else:
-                object.__setattr__(obj, name, old)
+        for patch in reversed(self._saved):
+            _restore(patch)
         self._saved.clear()
 
     def __bool__(self):
         return bool(self._saved)
+
+
+def _restore(patch):
+    key = (id(patch.obj), patch.name)
+    chain = _chains.get(key, [])
+    if patch not in chain:
+        return
+    at = chain.index(patch)
+    if at + 1 < len(chain):
+        # A newer wrapper sits on this one: it gets what this one replaced.
+        chain[at + 1].saved = patch.saved
+    elif vars(patch.obj).get(patch.name, _MISSING) is patch.value:
+        _put(patch.obj, patch.name, patch.saved)
+    # else: something else replaced the attribute since; it is left alone.
+    del chain[at]
+    if not chain:
+        del _chains[key]

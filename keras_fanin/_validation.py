@@ -87,8 +87,9 @@ def describe(value, limit=80):
     return text if len(text) <= limit else f"<{type(value).__name__}>"
 
 
-def check_positive_int(name, value):
-    """Returns `value`, or raises if it is not an int >= 1 (bools are refused)."""
+def check_positive_int(name, value, maximum=None):
+    """Returns `value`, or raises if it is not an int >= 1 (bools are refused),
+    or is over `maximum`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(
             f"Argument `{name}` must be a positive integer. "
@@ -97,6 +98,11 @@ def check_positive_int(name, value):
     if value < 1:
         raise ValueError(
             f"Argument `{name}` must be a positive integer. Received: {name}={value!r}"
+        )
+    if maximum is not None and value > maximum:
+        raise ValueError(
+            f"Argument `{name}` must be a positive integer of at most {maximum}. "
+            f"Received: {name}={value!r}"
         )
     return int(value)
 

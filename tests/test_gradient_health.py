@@ -183,7 +183,7 @@ def test_traced_once_and_one_event_file(tmp_path, data):
     elif BACKEND == "jax":
         assert len(passes) == 1
     # torch runs the probe eagerly: nothing is traced.
-    assert os.listdir(tmp_path / "gradient_health") == ["probe"]
+    assert sorted(os.listdir(tmp_path / "gradient_health")) == ["probe", "steps.json"]
     assert len(os.listdir(tmp_path / "gradient_health" / "probe")) == 1
 
 

@@ -5,6 +5,7 @@ Data flows one way: step hook (or probe) -> on-device statistics -> (flush)
 """
 
 import os
+import re
 
 import keras
 import numpy as np
@@ -13,6 +14,8 @@ from keras_fanin._validation import check_positive_finite, check_positive_int
 from keras_fanin.health._advice import Advisor
 from keras_fanin.health._layout import SIGNALS, Layout
 from keras_fanin.health._picture import DESCRIPTION, gradient_flow
+from keras_fanin.health._runstate import read_state, write_state
+from keras_fanin.health._tuner import tuner_trial
 from keras_fanin.health._units import find_units
 from keras_fanin.health._writer import EventWriter
 
@@ -37,6 +40,8 @@ PICTURE_ROWS = 256
 # Chosen from benchmarks/: a logged step costs up to ~30% of a CPU step on an
 # optimizer-bound MLP, so every 25 steps keeps fit() within about 2%.
 DEFAULT_EVERY_N_STEPS = 25
+# Step numbers live in int32 on the device under JAX.
+MAX_EVERY_N_STEPS = 2**31 - 1
 
 
 def _check_log_dir(log_dir):
@@ -52,6 +57,11 @@ def _check_log_dir(log_dir):
             f"Received: log_dir={log_dir!r}"
         )
     path = os.fspath(log_dir)
+    if not path:
+        raise ValueError(
+            "Argument `log_dir` must be a non-empty path (use '.' for the "
+            "current directory). Received: log_dir=''"
+        )
     if "://" in path:
         return path
     existing = os.path.abspath(path)
@@ -245,10 +255,12 @@ class GradientHealth(keras.callbacks.Callback):
     ):
         super().__init__()
         if every_n_steps is not None:
-            every_n_steps = check_positive_int("every_n_steps", every_n_steps)
+            every_n_steps = check_positive_int(
+                "every_n_steps", every_n_steps, MAX_EVERY_N_STEPS
+            )
         self.every_n_steps = every_n_steps
         self.probe_every_n_steps = check_positive_int(
-            "probe_every_n_steps", probe_every_n_steps
+            "probe_every_n_steps", probe_every_n_steps, MAX_EVERY_N_STEPS
         )
         self.saturation_eps = check_positive_finite("saturation_eps", saturation_eps)
         if self.saturation_eps >= 0.5:
@@ -284,33 +296,49 @@ class GradientHealth(keras.callbacks.Callback):
         self._hook = None
         self._hook_key = None
         self._units = None
+        # The step axis: one per run directory, shared by every fit().
+        self._root = None  # log_dir, or a KerasTuner trial's directory in it
+        self._next_step = None  # the run's next step number, once known
+        self._open_epochs = None  # {epoch: step} of a fit() that did not end
+        self._fit_epochs = {}  # {epoch: step} of the current fit()
+        self._in_fit = False  # between on_train_begin and on_train_end
+        self._starting = False  # in fit(), before its first epoch
         self._step = 0  # steps run, as far as the host knows
+        self._epoch_start = 0
+        self._last_batch = None
         self._flushed_through = -1
         self._probe_last = None
-        self._layout_written = False
         self._since_picture = {}  # run -> rows logged since its last picture
         self._tabled = set()  # runs whose open writer has the layer table
+        self._charted = {}  # run -> chart titles in its open writer's layout
 
     # -- Keras hooks ---------------------------------------------------------
 
     def on_train_begin(self, logs=None):
-        model = self.model
-        if self._hook is not None and self._hook.installed:
-            # A fit() that ended in an exception left the hook installed.
-            self._flush()
-            self._hook.uninstall()
-        self._step = self._iterations()
-        # The layout goes into the run opened first: the step's when watched.
-        self._writer(TRAIN_RUN if self.every_n_steps is not None else PROBE_RUN)
+        if self._in_fit:
+            self._end_abandoned_fit()
+        root = self._root_for_fit()
+        if root != self._root:
+            self.close()
+            self._root, self._next_step = root, None
+        if self._next_step is None:
+            self._next_step, self._open_epochs = read_state(self._state_dir())
+        self._in_fit, self._starting = True, True
+        self._fit_epochs = {}
+        self._step = self._next_step
         if self.every_n_steps is not None:
             self._start_hook()
-        if self._probe is not None:
-            rebuilt = self._probe.prepare(model)
-            if rebuilt or self._step != self._probe_last:
-                self._measure_probe(self._step)
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self._starting:
+            # After every `on_train_begin`: a BackupAndRestore listed after
+            # this callback has restored the model and chosen the epoch.
+            self._starting = False
+            self._begin_steps(epoch)
         self._epoch_start = self._step
+        self._last_batch = None
+        self._fit_epochs[epoch] = self._step
+        self._save_state()
 
     def on_train_batch_begin(self, batch, logs=None):
         # Called before the execution starting at `batch` runs: `step` steps
@@ -324,6 +352,8 @@ class GradientHealth(keras.callbacks.Callback):
                 self.stop_on_nonfinite and self._nonfinite_now()
             ):
                 self._flush()
+        else:
+            self._last_batch = batch
         if self._probe is not None:
             n = self.probe_every_n_steps
             if step // n > self._probe_last // n:
@@ -333,23 +363,86 @@ class GradientHealth(keras.callbacks.Callback):
         if self._hook is not None:
             self._flush()
         else:
-            self._step = self._iterations()
+            self._step = self._epoch_start + self._batches_in_epoch()
+        self._save_state()
 
     def on_train_end(self, logs=None):
         try:
+            ran = not self._starting
             if self._hook is not None:
-                self._flush()
-                self._check_step_was_seen()
-            else:
-                self._step = self._iterations()
-            if self._probe is not None and self._step != self._probe_last:
+                if self._hook.installed:
+                    self._flush()
+                if ran:
+                    self._check_step_was_seen()
+            if ran and self._probe is not None and self._step != self._probe_last:
                 self._measure_probe(self._step)
             for run in list(self._since_picture):
                 self._picture(run, force=True)
+            self._next_step = max(self._next_step, self._step)
+            self._in_fit, self._open_epochs = False, None
+            self._save_state()
         finally:
             if self._hook is not None:
                 self._hook.uninstall()
             self.close()
+
+    def _begin_steps(self, epoch):
+        """Numbers this fit()'s first step: after the run's last, or, for a
+        fit() resuming one that did not end, where its `epoch` began."""
+        start = self._next_step
+        resumed = self._open_epochs or {}
+        self._open_epochs = None
+        if epoch in resumed and epoch != min(resumed):
+            start = resumed[epoch]
+            self._supersede(start)
+        self._step = self._epoch_start = start
+        if self._hook is not None:
+            self._sync()
+            self._hook.set_counter(start)
+            self._flushed_through = start - 1
+        if self._probe is not None:
+            self._probe.prepare(self.model)
+            # The weights a fit() starts from were measured at the end of the
+            # one before: a step is never written twice.
+            if start != self._probe_last:
+                self._measure_probe(start)
+
+    def _supersede(self, step):
+        """Drops what was logged from `step` on, in `history` and, through a
+        restart event, in what TensorBoard shows."""
+        for history in (self.history, self.probe_history):
+            for tag, series in history.items():
+                history[tag] = [(s, v) for s, v in series if s < step]
+        if self._probe_last is not None and self._probe_last >= step:
+            self._probe_last = None
+        for run in self._runs():
+            writer = self._writer(run)
+            if writer is not None:
+                writer.write_restart(step)
+                writer.flush()
+
+    def _end_abandoned_fit(self):
+        """The previous fit() ended without `on_train_end` (an exception, an
+        interrupt): what it left is written, and its epochs kept, so that a
+        resumed fit() can take over from one of them."""
+        if self._hook is not None and self._hook.installed:
+            self._salvage()
+            self._hook.uninstall()
+        self._open_epochs = self._fit_epochs or None
+        self._next_step = max(self._next_step, self._step)
+        self._in_fit = False
+        self.close()
+
+    def _salvage(self):
+        """Writes what the step buffer holds, if it can still be read."""
+        try:
+            self._flush()
+        except Exception:  # noqa: BLE001 - a failed step may leave it unreadable
+            pass
+
+    def _batches_in_epoch(self):
+        spe = int(getattr(self.model, "steps_per_execution", 1) or 1)
+        return self._last_batch + spe if self._last_batch is not None else 0
 
     def _check_step_was_seen(self):
         """One clear warning when the model's own train step hid the gradients."""
@@ -380,6 +473,33 @@ class GradientHealth(keras.callbacks.Callback):
             writer.close()
         self._writers.clear()
         self._tabled.clear()
+        self._charted.clear()
+
+    # -- the step axis -------------------------------------------------------
+
+    def _root_for_fit(self):
+        """Where this fit()'s runs go: `log_dir`, or under KerasTuner, the
+        trial's directory as Keras's TensorBoard callback gets it."""
+        trial = tuner_trial()
+        if trial is None:
+            return self.log_dir
+        trial_id, execution = trial
+        return os.path.join(self.log_dir, trial_id, f"execution{execution}")
+
+    def _state_dir(self):
+        return os.path.join(self._root, RUN_NAME)
+
+    def _runs(self):
+        runs = [TRAIN_RUN] if self.every_n_steps is not None else []
+        return runs + ([PROBE_RUN] if self._probe is not None else [])
+
+    def _save_state(self):
+        if not _is_chief(self.model):
+            return
+        next_step = max(self._next_step, self._step, self._flushed_through + 1)
+        write_state(
+            self._state_dir(), next_step, self._fit_epochs if self._in_fit else None
+        )
 
     # -- the real step -------------------------------------------------------
 
@@ -391,13 +511,6 @@ class GradientHealth(keras.callbacks.Callback):
         buffer and the probe's weights are read after that. Elsewhere a no-op.
         """
         return self.model
-
-    def _iterations(self):
-        accumulation = getattr(
-            self.model.optimizer, "gradient_accumulation_steps", None
-        )
-        iterations = keras.ops.convert_to_numpy(self.model.optimizer.iterations)
-        return int(iterations) * (accumulation or 1)
 
     def _nonfinite_now(self):
         self._sync()
@@ -426,10 +539,6 @@ class GradientHealth(keras.callbacks.Callback):
         _check_supported(model, backend)
         key = (id(model), id(model.optimizer))
         if self._hook is None or key != self._hook_key or not self._hook.usable():
-            if self._hook is not None:
-                start = self._step
-                self._flush()  # whatever the old model left unread
-                self._step = start
             self._units = find_units(model)
             spe = int(getattr(model, "steps_per_execution", 1) or 1)
             per_execution = -(-spe // self.every_n_steps) + 1
@@ -443,10 +552,17 @@ class GradientHealth(keras.callbacks.Callback):
                 start_step=self._step,
             )
             self._hook_key = key
-            self._flushed_through = self._step - 1
-        else:
-            self._hook.set_counter(self._step)
+        self._hook.on_abort = self._on_abort
+        self._hook.set_counter(self._step)
+        self._flushed_through = self._step - 1
         self._hook.install()
+
+    def _on_abort(self):
+        """The watch ends this fit() early (the step raised, or a new fit()
+        began without `on_train_end`): write what the buffer holds."""
+        self._salvage()
+        self._save_state()
+        self.close()
 
     def _flush(self):
         """Reads the step buffer once and writes, records and checks its rows."""
@@ -461,7 +577,9 @@ class GradientHealth(keras.callbacks.Callback):
         layout = hook.layout
         tags = layout.tags()
         writer = self._writer(TRAIN_RUN)
-        self._write_layers(TRAIN_RUN, writer, self._units, int(steps[new].min()))
+        first = int(steps[new].min())
+        self._write_layers(TRAIN_RUN, writer, self._units, first)
+        self._write_charts(TRAIN_RUN, writer, [tag for _, tag in tags], first)
         stop = False
         for i in new[np.argsort(steps[new])]:
             step, row = int(steps[i]), rows[i]
@@ -478,6 +596,7 @@ class GradientHealth(keras.callbacks.Callback):
         self._picture(TRAIN_RUN, new_rows=len(new))
         if writer is not None:
             writer.flush()
+        self._save_state()
         if stop:
             self.model.stop_training = True
 
@@ -492,6 +611,7 @@ class GradientHealth(keras.callbacks.Callback):
         _record(self.probe_history, "probe_loss", step, loss)
         writer = self._writer(PROBE_RUN)
         self._write_layers(PROBE_RUN, writer, self._probe.units, step)
+        self._write_charts(PROBE_RUN, writer, [*record, "probe_loss"], step)
         if writer is not None:
             writer.write_step(step, {**record, "probe_loss": loss})
         if self._advisor.check(
@@ -525,6 +645,20 @@ class GradientHealth(keras.callbacks.Callback):
             ],
         )
 
+    def _write_charts(self, run, writer, tags, step):
+        """Writes the custom-scalars layout of the signals the run writes, in
+        each event file, again when a signal first appears."""
+        if writer is None:
+            return
+        charted = self._charted.setdefault(run, set())
+        titles = {title for tag in tags for title in _chart_titles(tag)}
+        if titles <= charted:
+            return
+        charted |= titles
+        writer.write_layout(
+            {t: p for t, p in CHART_PATTERNS.items() if t in charted}, step
+        )
+
     def _picture(self, run, new_rows=0, force=False):
         """Writes the run's gradient-flow picture when `PICTURE_ROWS` are new."""
         rows = self._since_picture.get(run, 0) + new_rows
@@ -556,15 +690,19 @@ class GradientHealth(keras.callbacks.Callback):
         if not _is_chief(self.model):
             return None  # a non-chief worker of a multi-worker strategy
         try:
-            writer = EventWriter(os.path.join(self.log_dir, run))
+            writer = EventWriter(os.path.join(self._root, run))
         except Exception as error:  # noqa: BLE001 - any file-system error
             raise ValueError(
                 f"Argument `log_dir` could not be opened for writing: "
                 f"log_dir={self.log_dir!r} ({type(error).__name__}: "
                 f"{str(error)[:200]})"
             ) from None
-        if not self._layout_written:
-            writer.write_layout(CHART_PATTERNS)
-            self._layout_written = True
         self._writers[run] = writer
         return writer
+
+
+def _chart_titles(tag):
+    """The custom-scalars charts a tag appears in."""
+    return [
+        title for title, pattern in CHART_PATTERNS.items() if re.match(pattern, tag)
+    ]

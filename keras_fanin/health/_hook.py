@@ -1,8 +1,15 @@
-"""What every backend's step hook shares: its settings and the wrapping.
+"""What every backend's step hook shares: its settings, the wrapping, and the
+`Watch` that runs the hooks of one model.
 
-A hook wraps instance attributes (`model.train_step`, the optimizer's apply,
-each unit's `call`) while `fit()` runs; `uninstall` puts back exactly what
-was there and makes Keras trace its own train function again.
+A hook wraps instance attributes (the optimizer's apply, each unit's `call`)
+while `fit()` runs; the model's `Watch` owns `model.train_step`,
+`model.train_function` and `model.make_train_function` for all the hooks on
+it (two GradientHealth callbacks in one `fit()` each get their own steps).
+`uninstall` puts back exactly what was there and makes Keras trace its own
+train function again. A `fit()` that ends without `on_train_end` (an
+exception, an interrupt) is cleaned up by the watch: at once when it is
+raised in the step, else at the model's next `make_train_function()`, which
+Keras calls at the start of every `fit()` and `train_on_batch()`.
 """
 
 from typing import NamedTuple
@@ -26,6 +33,94 @@ class UpdatePlan(NamedTuple):
     clipped: bool  # whether the two clipping columns end `cols`
 
 
+class Watch:
+    """The hooks on one model, and the train function that runs them.
+
+    Keras's `make_train_function` binds whatever `model.train_step` is. For
+    a choice of which hooks log a step (`active`, one bool per hook), the
+    watch stacks each hook's logged or plain step over the model's own and
+    makes Keras's train function around it, once per choice; the backend's
+    `dispatch` picks one per step on the host.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.hooks = []
+        self.functions = {}
+        self.make = model.make_train_function  # Keras's own
+        self.step = model.train_step  # the model's own step
+        self._patches = Patches()
+        self._patches.set(model, "train_step", self.step)
+        self._patches.set(model, "make_train_function", self._make_elsewhere)
+        self.train_function = None
+
+    @classmethod
+    def of(cls, model):
+        watch = _watches.get(id(model))
+        if watch is None or watch.model is not model:
+            watch = _watches[id(model)] = cls(model)
+        return watch
+
+    def add(self, hook):
+        hook.watch = self
+        hook.install_wrappers()
+        self.hooks.append(hook)
+        self._rebuild()
+
+    def remove(self, hook):
+        if hook not in self.hooks:
+            return
+        self.hooks.remove(hook)
+        hook.restore_wrappers()
+        if self.hooks:
+            self._rebuild()
+            return
+        self._patches.restore()
+        self.functions.clear()
+        # The traced function holds the wrappers: make Keras trace its own.
+        self.model.train_function = None
+        if _watches.get(id(self.model)) is self:
+            del _watches[id(self.model)]
+
+    def abort(self):
+        """Ends every hook's fit: what they hold is written, all is restored."""
+        for hook in reversed(self.hooks):
+            if hook.on_abort is not None:
+                hook.on_abort()
+        for hook in reversed(list(self.hooks)):
+            self.remove(hook)
+
+    def function(self, active):
+        """Keras's train function around the step with `active` hooks logging."""
+        function = self.functions.get(active)
+        if function is None:
+            step = self.step
+            for hook, logs in zip(self.hooks, active, strict=True):
+                step = hook.logged_step(step) if logs else hook.plain_step(step)
+            object.__setattr__(self.model, "train_step", step)
+            try:
+                self.make(force=True)
+            finally:
+                object.__setattr__(self.model, "train_step", self.step)
+            function = self.functions[active] = self.model.train_function
+            self.model.train_function = self.train_function
+        return function
+
+    def _rebuild(self):
+        self.functions.clear()
+        self.train_function = type(self.hooks[0]).train_function_for(self)
+        self.model.train_function = self.train_function
+
+    def _make_elsewhere(self, force=False):
+        # A fit() or train_on_batch() starting while hooks are in: the fit()
+        # that put them in ended without `on_train_end`.
+        self.abort()
+        return self.model.make_train_function(force=force)
+
+
+_watches = {}  # id(model) -> its Watch while hooks are on it
+
+
 class StepHook:
     """Base of `TFStepHook`, `JaxStepHook` and `TorchStepHook`."""
 
@@ -45,6 +140,8 @@ class StepHook:
         self._patches = Patches()
         self.traces = 0  # train_step traces, for tests of retracing
         self.applied = False  # whether the step reached the optimizer
+        self.watch = None
+        self.on_abort = None  # called when the watch ends a fit() early
 
     def usable(self):
         """Whether this hook still fits its model (same model and optimizer
@@ -56,12 +153,29 @@ class StepHook:
 
     @property
     def installed(self):
-        return bool(self._patches)
+        return self.watch is not None and self in self.watch.hooks
+
+    def install(self):
+        Watch.of(self.model).add(self)
 
     def uninstall(self):
+        if self.watch is not None:
+            self.watch.remove(self)
+
+    def install_wrappers(self):
+        """Wraps the optimizer's apply and the units' calls (per backend)."""
+        raise NotImplementedError
+
+    def restore_wrappers(self):
         self._patches.restore()
-        # The traced function holds the wrappers: make Keras trace its own.
-        self.model.train_function = None
+
+    def plain_step(self, inner):
+        def train_step(*args, **kwargs):
+            # Keras's own step: traced with every wrapper passing through.
+            self.traces += 1
+            return inner(*args, **kwargs)
+
+        return train_step
 
     def update_plan(self, grads, variables):
         """The `UpdatePlan` of one `optimizer.apply(grads, variables)`."""

@@ -28,15 +28,18 @@ are already the global ones and the reductions run on sharded arrays, so the
 numbers equal one device's.
 """
 
+import inspect
 import itertools
+import warnings
 
 import jax.numpy as jnp
 import keras
 import numpy as np
 
 from keras_fanin.health import _stats
+from keras_fanin.health._advice import GradientHealthWarning
 from keras_fanin.health._hook import StepHook
-from keras_fanin.health._units import first_float
+from keras_fanin.health._units import activation_signal, first_float
 
 _NAMES = ("gradient_health_step", "gradient_health_steps", "gradient_health_rows")
 
@@ -71,9 +74,8 @@ class JaxStepHook(StepHook):
 
     # -- install / uninstall -------------------------------------------------
 
-    def install(self):
+    def install_wrappers(self):
         model = self.model
-        original = model.train_step
         self._set(
             self.optimizer,
             "stateless_apply",
@@ -87,14 +89,6 @@ class JaxStepHook(StepHook):
             )
             for unit in self.layout.units:
                 self._set(unit.layer, "call", self._wrap_call(unit, unit.layer.call))
-        # Keras jits whatever `model.train_step` is when it makes the function.
-        self._set(model, "train_step", self._plain_step(original))
-        model.make_train_function(force=True)
-        plain = model.train_function
-        object.__setattr__(model, "train_step", self._logged_step(original))
-        model.make_train_function(force=True)
-        logged = model.train_function
-        model.train_function = self._dispatch(plain, logged)
 
     def usable(self):
         # `compile()` makes a new loss tracker: the buffer went with the old.
@@ -103,8 +97,10 @@ class JaxStepHook(StepHook):
 
     # -- on the host, every step -----------------------------------------------
 
-    def _dispatch(self, plain, logged):
-        """A train function running `plain` or `logged` for each step.
+    @staticmethod
+    def train_function_for(watch):
+        """A train function running, for each step, Keras's train function
+        around the step of the hooks that log it.
 
         Keras's train function takes `(state, iterator)` and runs up to
         `steps_per_execution` steps, pulling a batch for each and stopping
@@ -113,20 +109,30 @@ class JaxStepHook(StepHook):
         one alone, so every step inside an execution is counted and logged at
         its own number.
         """
-        every_n = self.every_n
+        model, hooks = watch.model, watch.hooks
+        for hook in hooks:
+            hook.set_counter(hook.step)
+        plain = (False,) * len(hooks)
+        watch.function(plain)
 
         def choose(limit):
-            step = self.step
-            if step % every_n:
-                return plain, min(limit, every_n - step % every_n)
-            return logged, 1
+            phases = [hook.step % hook.every_n for hook in hooks]
+            if 0 in phases:
+                active = tuple(phase == 0 for phase in phases)
+                return watch.functions.get(active) or watch.function(active), 1
+            gap = min(h.every_n - p for h, p in zip(hooks, phases, strict=True))
+            return watch.functions[plain], min(limit, gap)
 
-        def train_function(state, iterator):
+        def advance(count):
+            for hook in hooks:
+                hook.step += count
+
+        def run(state, iterator):
             # Read per call, as Keras's own function does.
-            spe = max(1, int(getattr(self.model, "steps_per_execution", 1) or 1))
+            spe = max(1, int(getattr(model, "steps_per_execution", 1) or 1))
             if spe == 1:
                 out = choose(1)[0](state, iterator)
-                self.step += 1
+                advance(1)
                 return out
             out, left = None, spe
             while left:
@@ -139,12 +145,21 @@ class JaxStepHook(StepHook):
                         raise
                     break  # the state was not donated: no step ran
                 finally:
-                    self.step += batches.count
+                    advance(batches.count)
                 left -= batches.count
                 state = out[1]
                 if batches.count < k:
                     break
             return out
+
+        def train_function(state, iterator):
+            try:
+                return run(state, iterator)
+            except StopIteration:
+                raise
+            except BaseException:
+                watch.abort()
+                raise
 
         return train_function
 
@@ -156,39 +171,105 @@ class JaxStepHook(StepHook):
         return [ids.index(id(v)) for v in (self.next_logged, self.steps, self.rows)]
 
     def _wrap_loss(self, original):
+        signature = _signature(original)
+
         def compute_loss_and_updates(*args, **kwargs):
-            training = kwargs.get("training", False)
-            if not training or not self._logging:
+            if not self._logging or not _training(signature, args, kwargs):
                 return original(*args, **kwargs)
             self._outputs = {}
             try:
-                loss, aux = original(*args, **kwargs)
+                result = original(*args, **kwargs)
             finally:
                 outputs, self._outputs = self._outputs, None
-            metrics = list(aux[3])
-            _, _, rows_slot = self._slots()
+            if not outputs:
+                return result
+            # The stats may only leave `jax.value_and_grad` through the
+            # auxiliary output: in the metrics state, when it carries it
+            # (Keras's own method does, as its 4th item) and the step threads
+            # it back. Any other auxiliary output is the model's own: left
+            # as it is.
+            aux = result[1] if _is_pair(result) else None
+            position = self._metrics_position(aux)
+            if position is None:
+                self._activations_unavailable(
+                    "the model's `compute_loss_and_updates` returns its own "
+                    "auxiliary output, without Keras's metrics state, and values "
+                    "computed inside `jax.value_and_grad` can leave it only "
+                    "through that output"
+                )
+                return result
             cols, stats = _stats.layer_outputs(
                 outputs.values(), self.eps, self.layout.column
             )
             if not cols:
-                return loss, aux
+                return result
             self.layout.written.update(cols)
             self._act_cols = cols
             # Carried out of the gradient trace in the rows slot's last row
             # (the step writes its own row afterwards).
+            _, _, rows_slot = self._slots()
+            metrics = list(aux[position])
             rows = metrics[rows_slot]
             metrics[rows_slot] = rows.at[-1, jnp.asarray(cols)].set(stats)
-            return loss, (*aux[:3], metrics)
+            return result[0], _replaced(aux, position, metrics)
 
         return compute_loss_and_updates
+
+    def _metrics_position(self, aux):
+        """The index of the metrics state in a `compute_loss_and_updates`
+        auxiliary output (a tuple or list), or None: the item holding, at
+        this hook's slots, values shaped like its three variables."""
+        if not isinstance(aux, tuple | list):
+            return None
+        size = len(self.model.metrics_variables)
+        slots = list(zip(self._slots(), (self.next_logged, self.steps, self.rows),
+                         strict=True))  # fmt: skip
+        for position in reversed(range(len(aux))):  # Keras's own: the last
+            item = aux[position]
+            if (
+                isinstance(item, tuple | list)
+                and len(item) == size
+                and all(
+                    tuple(getattr(item[slot], "shape", (None,))) == tuple(v.shape)
+                    for slot, v in slots
+                )
+            ):
+                return position
+        return None
+
+    def _activations_unavailable(self, why):
+        """One GradientHealthWarning, once per hook, for the activation
+        signals the logged step cannot carry out (the step runs unchanged)."""
+        noted = self.__dict__.setdefault("unavailable", {})
+        key = ("activations",)
+        if key in noted:
+            return
+        signals = ["activation_std"] + sorted({
+            activation_signal(u.activation) for u in self.layout.units
+        } - {None})  # fmt: skip
+        noted[key] = message = (
+            f"GradientHealth: {', '.join(signals)} of the training step are "
+            f"unavailable: {why}. The step runs as without GradientHealth. Pass "
+            "`data=` (a probe batch) to GradientHealth for the probe's "
+            "activation signals."
+        )
+        warnings.warn(message, GradientHealthWarning, stacklevel=2)
 
     def _wrap_call(self, unit, original):
         def call(*args, **kwargs):
             output = original(*args, **kwargs)
-            if self._outputs is not None and unit.index not in self._outputs:
-                out = first_float(output)
-                if out is not None:
-                    self._outputs[unit.index] = (unit, out)
+            if self._outputs is not None:
+                if unit.index not in self._outputs:
+                    out = first_float(output)
+                    if out is not None:
+                        self._outputs[unit.index] = (unit, out)
+            elif self._logging:
+                self._activations_unavailable(
+                    f"the training step calls layer {unit.name!r} outside "
+                    "`model.compute_loss_and_updates` (in a loss function of its "
+                    "own), and values computed inside `jax.value_and_grad` can "
+                    "leave it only through its outputs"
+                )
             return output
 
         return call
@@ -207,15 +288,7 @@ class JaxStepHook(StepHook):
 
         return stateless_apply
 
-    def _plain_step(self, original):
-        def train_step(state, data):
-            # Keras's own step: traced with every wrapper passing through.
-            self.traces += 1
-            return original(state, data)
-
-        return train_step
-
-    def _logged_step(self, original):
+    def logged_step(self, original):
         def train_step(state, data):
             self.traces += 1
             self._grads, self._act_cols = None, []
@@ -294,6 +367,43 @@ class JaxStepHook(StepHook):
         ]
         values = rows[:, cols]
         return bool(np.any(values[np.isfinite(values)] > 0))
+
+
+def _signature(function):
+    try:
+        return inspect.signature(function)
+    except (TypeError, ValueError):
+        return None
+
+
+def _training(signature, args, kwargs):
+    """The `training` argument of a `compute_loss_and_updates` call, passed by
+    keyword (as Keras and the keras.io guides do) or by position; True when
+    the method takes none (it is called in the training step)."""
+    if "training" in kwargs:
+        return kwargs["training"]
+    if signature is None:
+        return False
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError:
+        return False
+    bound.apply_defaults()
+    return bound.arguments.get("training", True)
+
+
+def _is_pair(result):
+    return isinstance(result, tuple | list) and len(result) == 2
+
+
+def _replaced(aux, position, item):
+    """`aux` (a tuple, named tuple or list) with its item `position` replaced."""
+    items = list(aux)
+    item_type = type(aux[position])
+    items[position] = item if item_type is list else item_type(item)
+    if isinstance(aux, list):
+        return items
+    return type(aux)(*items) if hasattr(aux, "_fields") else type(aux)(items)
 
 
 class _Counted:

@@ -44,6 +44,25 @@ from keras_fanin.health import _stats
 from keras_fanin.health._hook import StepHook
 from keras_fanin.health._units import first_float
 
+# What Keras's train function raises at the end of the data: no step ran.
+_END_OF_DATA = (StopIteration, tf.errors.OutOfRangeError)
+
+
+def guarded(function, watch):
+    """`function`, ending the watch's fit() when it raises (not at the end
+    of the data)."""
+
+    def train_function(iterator):
+        try:
+            return function(iterator)
+        except _END_OF_DATA:
+            raise
+        except BaseException:
+            watch.abort()
+            raise
+
+    return train_function
+
 
 def _local(variable_factory, strategy):
     # ON_READ with ONLY_FIRST_REPLICA: each replica keeps its own copy (no
@@ -91,36 +110,38 @@ class TFStepHook(StepHook):
 
     # -- install / uninstall -------------------------------------------------
 
-    def install(self):
-        model = self.model
-        spe = int(getattr(model, "steps_per_execution", 1) or 1)
-        self._dispatching = spe == 1
-        self.set_counter(self.step)  # in this fit()'s meaning
-        original = model.train_step
+    def install_wrappers(self):
         self._set(self.optimizer, "apply", self._wrap_apply(self.optimizer.apply))
         if self.activations:
             for unit in self.layout.units:
                 self._set(unit.layer, "call", self._wrap_call(unit, unit.layer.call))
-        if not self._dispatching:
-            self._set(model, "train_step", self._wrap_train_step(original))
-            model.make_train_function(force=True)
-            return
-        # Keras's `_make_function` binds whatever `model.train_step` is.
-        self._set(model, "train_step", self._plain_step(original))
-        model.make_train_function(force=True)
-        plain = model.train_function
-        object.__setattr__(model, "train_step", self._wrap_train_step(original))
-        model.make_train_function(force=True)
-        model.train_function = self._dispatch(plain, model.train_function)
 
-    def _dispatch(self, plain, logged):
-        """A train function running `plain` or `logged` for each step."""
-        every_n = self.every_n
+    @staticmethod
+    def train_function_for(watch):
+        """The model's train function for the hooks of `watch`."""
+        model, hooks = watch.model, watch.hooks
+        spe = int(getattr(model, "steps_per_execution", 1) or 1)
+        for hook in hooks:
+            hook._dispatching = spe == 1
+            hook.set_counter(hook.step)  # in this fit()'s meaning
+        if spe != 1:
+            # One function; each hook's counter and tf.cond choose in it.
+            return guarded(watch.function((True,) * len(hooks)), watch)
+        plain = (False,) * len(hooks)
+        watch.function(plain)  # made now: the steps between logged ones
 
         def train_function(iterator):
-            function = plain if self.step % every_n else logged
-            out = function(iterator)  # at the end of the data, raises: no step
-            self.step += 1
+            active = tuple(hook.step % hook.every_n == 0 for hook in hooks)
+            function = watch.functions.get(active) or watch.function(active)
+            try:
+                out = function(iterator)
+            except _END_OF_DATA:  # no step ran
+                raise
+            except BaseException:
+                watch.abort()
+                raise
+            for hook in hooks:
+                hook.step += 1
             return out
 
         return train_function
@@ -174,15 +195,7 @@ class TFStepHook(StepHook):
             )
         return tf.constant(True)
 
-    def _plain_step(self, original):
-        def train_step(*args, **kwargs):
-            # Keras's own step: traced with every wrapper passing through.
-            self.traces += 1
-            return original(*args, **kwargs)
-
-        return train_step
-
-    def _wrap_train_step(self, original):
+    def logged_step(self, original):
         def train_step(*args, **kwargs):
             self.traces += 1
             self._train_graph = tf.compat.v1.get_default_graph()

@@ -46,27 +46,37 @@ class TorchStepHook(StepHook):
 
     # -- install / uninstall -------------------------------------------------
 
-    def install(self):
+    def install_wrappers(self):
         model = self.model
-        self._set(model, "train_step", self._wrap_train_step(model.train_step))
+        # Keras's torch train function looks `model.train_step` up per step.
+        self._set(model, "train_step", self.logged_step(model.train_step))
         self._set(self.optimizer, "apply", self._wrap_apply(self.optimizer.apply))
         if self.activations:
             for unit in self.layout.units:
                 self._set(unit.layer, "call", self._wrap_call(unit, unit.layer.call))
-        model.make_train_function(force=True)
 
-    def uninstall(self):
-        super().uninstall()
+    @staticmethod
+    def train_function_for(watch):
+        watch.make(force=True)
+        return watch.model.train_function
+
+    def restore_wrappers(self):
+        super().restore_wrappers()
         self._before.clear()
 
     # -- in the step -------------------------------------------------------------
 
-    def _wrap_train_step(self, original):
+    def logged_step(self, original):
         def train_step(*args, **kwargs):
             self._logging = self.step % self.every_n == 0
             self._values, self._outputs = [], {}
             try:
                 logs = original(*args, **kwargs)
+            except BaseException:
+                self._logging = False
+                if self.watch is not None:
+                    self.watch.abort()
+                raise
             finally:
                 logged, self._logging = self._logging, False
             if logged:

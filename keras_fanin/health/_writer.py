@@ -66,7 +66,7 @@ class _RecordFile:
         self._file.close()
 
 
-def _gfile():
+def gfile():
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
@@ -112,14 +112,14 @@ class EventWriter:
 
     def __init__(self, run_dir):
         global _files_opened
-        gfile = _gfile()
-        gfile.makedirs(run_dir)
+        fs = gfile()
+        fs.makedirs(run_dir)
         _files_opened += 1
         name = (
             f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
-            f"{os.getpid()}.{_files_opened}.v2"
+            f"{os.getpid()}.{_files_opened:06d}.v2"
         )
-        self._writer = _RecordFile(gfile.GFile(os.path.join(run_dir, name), "wb"))
+        self._writer = _RecordFile(fs.GFile(os.path.join(run_dir, name), "wb"))
         self._add(
             event_pb2.Event(
                 wall_time=time.time(),
@@ -164,8 +164,11 @@ class EventWriter:
             + summary
         )
 
-    def write_layout(self, charts):
-        """Writes a custom-scalars layout: `{title: regex}`, one chart each."""
+    def write_layout(self, charts, step=0):
+        """Writes a custom-scalars layout: `{title: regex}`, one chart each.
+
+        TensorBoard's custom-scalars plugin reads a run's last layout, so a
+        run may write a larger one later."""
         layout = layout_pb2.Layout(
             category=[
                 layout_pb2.Category(
@@ -180,7 +183,7 @@ class EventWriter:
                 )
             ]
         )
-        event = event_pb2.Event(wall_time=time.time(), step=0)
+        event = event_pb2.Event(wall_time=time.time(), step=int(step))
         event.summary.value.add(
             tag=cs_metadata.CONFIG_SUMMARY_TAG,
             tensor=tensor_pb2.TensorProto(
@@ -232,6 +235,18 @@ class EventWriter:
         event = event_pb2.Event(wall_time=time.time(), step=int(step))
         event.summary.value.add(tag=tag, tensor=tensor, metadata=metadata)
         self._add(event)
+
+    def write_restart(self, step):
+        """Marks a restart at `step`: TensorBoard's reader drops the points it
+        has read at `step` and after (written before, by a run that went on
+        past the backup it resumes from), so the line does not double."""
+        self._add(
+            event_pb2.Event(
+                wall_time=time.time(),
+                step=int(step),
+                session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
+            )
+        )
 
     def flush(self):
         self._writer.flush()

@@ -1,0 +1,73 @@
+"""Where a run's step axis stands: kept beside its event files.
+
+Every `fit()` appends its steps after the last one already in the run, also
+from a new process or a new callback on the same `log_dir`. The callback
+keeps `<log_dir>/gradient_health/steps.json` up to date: the next step
+number, and while a `fit()` runs, the step at which each of its epochs began.
+A `fit()` that resumes one that did not end (`BackupAndRestore`) starts at
+the step where its first epoch began before. Logs written before this file
+existed give their newest step from the event files themselves.
+"""
+
+import json
+import os
+
+from keras_fanin.health._writer import gfile
+
+STATE_FILE = "steps.json"
+RUNS = ("train", "probe")
+
+
+def read_state(root):
+    """`(next_step, open_epochs)` of the run under `root` (`{epoch: step}` of
+    a fit() that did not end, or None); `(0, None)` for a new one."""
+    fs = gfile()
+    path = os.path.join(root, STATE_FILE)
+    try:
+        if fs.exists(path):
+            with fs.GFile(path, "r") as f:
+                state = json.loads(f.read())
+            open_epochs = state.get("open")
+            if open_epochs is not None:
+                open_epochs = {int(k): int(v) for k, v in open_epochs.items()}
+            return int(state["next_step"]), open_epochs
+    except (ValueError, KeyError, TypeError, OSError):
+        pass  # unreadable: fall back on the event files
+    return _newest_step(fs, root) + 1, None
+
+
+def write_state(root, next_step, open_epochs):
+    fs = gfile()
+    fs.makedirs(root)
+    state = {"next_step": int(next_step)}
+    if open_epochs is not None:
+        state["open"] = {str(k): int(v) for k, v in open_epochs.items()}
+    path = os.path.join(root, STATE_FILE)
+    if "://" in path:
+        with fs.GFile(path, "w") as f:
+            f.write(json.dumps(state))
+        return
+    # Written whole, then renamed: a crash leaves the old file or the new one.
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w") as f:
+        f.write(json.dumps(state))
+    os.replace(temporary, path)
+
+
+def _newest_step(fs, root):
+    """The largest step in each run's newest event file that has one."""
+    from tensorboard.backend.event_processing import event_file_loader
+
+    newest = -1
+    for run in RUNS:
+        directory = os.path.join(root, run)
+        if not fs.isdir(directory):
+            continue
+        names = sorted(n for n in fs.listdir(directory) if "tfevents" in n)
+        for name in reversed(names):
+            loader = event_file_loader.EventFileLoader(os.path.join(directory, name))
+            steps = [e.step for e in loader.Load() if e.HasField("summary")]
+            if steps:
+                newest = max(newest, max(steps))
+                break
+    return newest
