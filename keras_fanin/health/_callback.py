@@ -4,6 +4,7 @@ Data flows one way: step hook (or probe) -> on-device statistics -> (flush)
 -> history + advice + event files. See docs/design.md.
 """
 
+import inspect
 import os
 import re
 
@@ -304,6 +305,7 @@ class GradientHealth(keras.callbacks.Callback):
         self._in_fit = False  # between on_train_begin and on_train_end
         self._starting = False  # in fit(), before its first epoch
         self._step = 0  # steps run, as far as the host knows
+        self._fit_start = 0  # the first step of the current fit()
         self._epoch_start = 0
         self._last_batch = None
         self._flushed_through = -1
@@ -311,8 +313,37 @@ class GradientHealth(keras.callbacks.Callback):
         self._since_picture = {}  # run -> rows logged since its last picture
         self._tabled = set()  # runs whose open writer has the layer table
         self._charted = {}  # run -> chart titles in its open writer's layout
+        self._guarded = None  # the CallbackList whose exceptions end the fit
 
     # -- Keras hooks ---------------------------------------------------------
+
+    def set_model(self, model):
+        super().set_model(model)
+        # Keras's CallbackList sets each callback's model as it is made: from
+        # it, an exception raised by any callback of this fit() (which ends
+        # the fit() without `on_train_end`) also restores the model at once.
+        caller = inspect.currentframe().f_back
+        owner = caller.f_locals.get("self") if caller is not None else None
+        del caller
+        if isinstance(owner, keras.callbacks.CallbackList) and owner is not (
+            self._guarded
+        ):
+            self._guarded = owner
+            for name in _GUARDED:
+                method = getattr(owner, name, None)
+                if method is not None:
+                    object.__setattr__(owner, name, self._guard(method))
+
+    def _guard(self, method):
+        def guarded(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except BaseException:
+                if self._hook is not None and self._hook.watch is not None:
+                    self._hook.watch.abort()
+                raise
+
+        return guarded
 
     def on_train_begin(self, logs=None):
         if self._in_fit:
@@ -325,7 +356,7 @@ class GradientHealth(keras.callbacks.Callback):
             self._next_step, self._open_epochs = read_state(self._state_dir())
         self._in_fit, self._starting = True, True
         self._fit_epochs = {}
-        self._step = self._next_step
+        self._step = self._fit_start = self._next_step
         if self.every_n_steps is not None:
             self._start_hook()
 
@@ -415,10 +446,10 @@ class GradientHealth(keras.callbacks.Callback):
                 history[tag] = [(s, v) for s, v in series if s < step]
         if self._probe_last is not None and self._probe_last >= step:
             self._probe_last = None
+        self._fit_start = step
         for run in self._runs():
-            writer = self._writer(run)
+            writer = self._writer(run)  # it marks the restart at `step`
             if writer is not None:
-                writer.write_restart(step)
                 writer.flush()
 
     def _end_abandoned_fit(self):
@@ -697,8 +728,23 @@ class GradientHealth(keras.callbacks.Callback):
                 f"log_dir={self.log_dir!r} ({type(error).__name__}: "
                 f"{str(error)[:200]})"
             ) from None
+        # Each event file starts with a restart mark at its fit()'s first
+        # step: TensorBoard drops what it read at that step and after. A
+        # run's first mark only starts it; a resumed fit()'s mark supersedes
+        # what the interrupted one logged past its backup.
+        writer.write_restart(self._fit_start)
         self._writers[run] = writer
         return writer
+
+
+# The CallbackList methods fit() calls between its steps.
+_GUARDED = (
+    "on_train_begin",
+    "on_epoch_begin",
+    "on_epoch_end",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+)
 
 
 def _chart_titles(tag):

@@ -237,9 +237,9 @@ class EventWriter:
         self._add(event)
 
     def write_restart(self, step):
-        """Marks a restart at `step`: TensorBoard's reader drops the points it
-        has read at `step` and after (written before, by a run that went on
-        past the backup it resumes from), so the line does not double."""
+        """Marks a (re)start at `step`, as TensorFlow's session log does:
+        after a run's first, TensorBoard's reader drops the points it has
+        read at `step` and after, so a resumed run's line does not double."""
         self._add(
             event_pb2.Event(
                 wall_time=time.time(),
