@@ -13,6 +13,7 @@ import numbers
 import keras
 import numpy as np
 
+from keras_fanin._numpy import to_numpy
 from keras_fanin._validation import (
     check_non_negative_finite,
     check_positive_float32,
@@ -88,7 +89,7 @@ def _evaluate(function, nodes, label, arg, received):
     """`function(nodes)` as float64 numpy, or a ValueError naming `arg`."""
     try:
         values = function(keras.ops.convert_to_tensor(nodes.astype("float32")))
-        values = keras.ops.convert_to_numpy(values)
+        values = to_numpy(values)
     except Exception:  # a NumPy-only function, or one that refuses a tensor
         try:
             values = np.asarray(function(nodes), dtype="float64")

@@ -18,6 +18,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_fanin._numpy import to_numpy
 from keras_fanin._orthogonal import Orthogonal
 from keras_fanin._patch import Patches
 from keras_fanin._validation import (
@@ -100,7 +101,7 @@ def _check_x(x):
         )
     for leaf in leaves:
         try:
-            array = np.asarray(keras.ops.convert_to_numpy(leaf))
+            array = np.asarray(to_numpy(leaf))
         except Exception as error:  # what each backend raises differs
             raise TypeError(
                 "Argument `x` must be an array, a tensor or a structure of them. "

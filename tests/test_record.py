@@ -268,3 +268,17 @@ def test_probe_and_step_values_after_a_recompile_match_autodiff(tmp_path, data):
     assert probe[-1][0] == 14
     assert probe[-1][1] == pytest.approx(expected, rel=1e-5)
     assert os.path.exists(tmp_path / "gradient_health" / "steps.json")
+
+
+def test_reading_values_raises_no_numpy_copy_warning(data):
+    from keras_fanin._numpy import to_numpy
+
+    model = mlp()
+    model.compile(keras.optimizers.SGD(0.01), "binary_crossentropy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        assert to_numpy(model.optimizer.iterations) == 0
+        kernel = to_numpy(model.layers[0].kernel)
+        assert kernel.shape == (FEATURES, 16)
+        doubled = to_numpy(keras.ops.convert_to_tensor(kernel) * 2)
+        np.testing.assert_allclose(doubled, kernel * 2)

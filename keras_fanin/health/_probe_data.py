@@ -11,6 +11,8 @@ import sys
 import keras
 import numpy as np
 
+from keras_fanin._numpy import to_numpy
+
 
 def shapes(structure):
     """Shapes (never values) of every leaf, for error messages."""
@@ -39,7 +41,7 @@ def _first_batch(dataset):
 def _to_numpy(value):
     if value is None:
         return None
-    array = np.asarray(keras.ops.convert_to_numpy(value))
+    array = np.asarray(to_numpy(value))
     if array.dtype == object:
         raise TypeError("not an array")
     if array.dtype.kind == "f":

@@ -13,6 +13,7 @@ import inspect
 import keras
 import numpy as np
 
+from keras_fanin._numpy import to_numpy
 from keras_fanin.health import _stats
 from keras_fanin.health._layout import Layout
 from keras_fanin.health._probe_data import ProbeBase
@@ -129,4 +130,4 @@ class StatelessProbe(ProbeBase):
 
     def _vector(self):
         trainable = [v.value for v in self.model.trainable_variables]
-        return keras.ops.convert_to_numpy(self._fn(trainable, *self._tensors))
+        return to_numpy(self._fn(trainable, *self._tensors))

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
+from keras_fanin._numpy import to_numpy
 from keras_fanin.health import _stats
 from keras_fanin.health._advice import GradientHealthWarning
 from keras_fanin.health._hook import StepHook
@@ -239,21 +240,30 @@ class JaxStepHook(StepHook):
 
     def _activations_unavailable(self, why):
         """One GradientHealthWarning, once per hook, for the activation
-        signals the logged step cannot carry out (the step runs unchanged)."""
+        signals the logged step cannot carry out (the step runs unchanged).
+
+        Through `on_unavailable(key, message)` when the callback sets it (its
+        advisor: once per callback, `warn=False`, the event file's text),
+        else `warnings.warn`.
+        """
         noted = self.__dict__.setdefault("unavailable", {})
-        key = ("activations",)
+        key = ("no_activations",)
         if key in noted:
             return
         signals = ["activation_std"] + sorted({
             activation_signal(u.activation) for u in self.layout.units
         } - {None})  # fmt: skip
         noted[key] = message = (
-            f"GradientHealth: {', '.join(signals)} of the training step are "
-            f"unavailable: {why}. The step runs as without GradientHealth. Pass "
-            "`data=` (a probe batch) to GradientHealth for the probe's "
-            "activation signals."
+            "GradientHealth: the activation signals of the training step "
+            f"({', '.join(signals)}) are unavailable: {why}. Training itself is "
+            "unchanged. Pass `data=` (a probe batch) to GradientHealth for the "
+            "probe's activation signals."
         )
-        warnings.warn(message, GradientHealthWarning, stacklevel=2)
+        report = getattr(self, "on_unavailable", None)
+        if report is not None:
+            report(key, message)
+        else:
+            warnings.warn(message, GradientHealthWarning, stacklevel=2)
 
     def _wrap_call(self, unit, original):
         def call(*args, **kwargs):
@@ -347,8 +357,8 @@ class JaxStepHook(StepHook):
     # -- on the host (after a state sync) ------------------------------------
 
     def read(self):
-        steps = np.asarray(keras.ops.convert_to_numpy(self.steps)).astype(np.int64)
-        rows = np.asarray(keras.ops.convert_to_numpy(self.rows))
+        steps = np.asarray(to_numpy(self.steps)).astype(np.int64)
+        rows = np.asarray(to_numpy(self.rows))
         return steps[:-1].copy(), rows[:-1].copy()
 
     def read_counter(self):

@@ -1,0 +1,24 @@
+"""Backend values to NumPy, quietly.
+
+`keras.ops.convert_to_numpy` calls `np.array(x)`: on a Keras `Variable`, or a
+torch tensor, NumPy 2 then warns (`DeprecationWarning: __array__
+implementation doesn't accept a copy keyword`) on every call.
+"""
+
+import keras
+import numpy as np
+
+
+def to_numpy(x):
+    """`x` (a tensor, a Keras variable, an array) as a NumPy array."""
+    if isinstance(x, keras.Variable):
+        x = x.value
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu()
+            if x.dtype == torch.bfloat16:
+                x = x.float()
+            return x.numpy()
+    return np.asarray(keras.ops.convert_to_numpy(x))
