@@ -1,15 +1,21 @@
 """`check`: is a model initialised right? One forward and backward pass, pre-training.
 
-For every layer with a kernel it compares the std its initializer draws with
-the std the fan rule and the activation's gain recommend (`_fans`, `_gains`:
-the homes the initializers use), and measures the signal by depth. Verdicts
-need both the prediction and the measurement to agree, so that a heuristic
-gain (tanh's 5/3, SELU's 3/4) never raises a false alarm on its own.
+For every layer with kernels (dense, convolution, depthwise, separable,
+recurrent, embedding, attention: every weight `_fans.layer_kernels` knows a
+fan rule for) it compares the std each initializer draws with the std the
+fan rule and the activation's gain recommend (`_fans`, `_gains`: the homes
+the initializers use), and measures the signal by depth. Verdicts need both
+the prediction and the measurement to agree, so that a heuristic gain (tanh's
+5/3, SELU's 3/4) never raises a false alarm on its own; only a signal that
+all but vanishes (or explodes) is a problem by measurement alone.
 
 The pass wraps each leaf layer's `call` (and a kernel layer's own
 `activation`, to see the pre-activation) for its duration; which layer feeds
 which is read off the identity of the tensors passed between them, so it works
-for Sequential, Functional and subclassed models on every backend.
+for Sequential, Functional and subclassed models on every backend. Layers a
+user builds from other layers (a Transformer block) are looked into; Keras's
+own (`MultiHeadAttention`, `LSTM`, `Bidirectional`) are judged whole, each
+kernel with its place on the layer's signal.
 """
 
 import argparse
@@ -23,7 +29,7 @@ import sys
 import keras
 import numpy as np
 
-from keras_fanin._fans import compute_fans
+from keras_fanin._fans import layer_kernels
 from keras_fanin._gains import calculate_gain, recommended_initializer
 from keras_fanin._patch import Patches
 from keras_fanin._text import WIDTH, header, json_safe, row, sig3
@@ -33,7 +39,8 @@ from keras_fanin.health._advice import (
     DEAD_WARN_FRACTION,
     DEPTH_RATIO_WARN,
     SATURATED_WARN_FRACTION,
-    initial_std,
+    drawn_std,
+    try_text,
 )
 from keras_fanin.health._probe_data import shapes
 from keras_fanin.health._units import activation_name, find_units, first_float
@@ -46,6 +53,20 @@ from keras_fanin.health._units import activation_name, find_units, first_float
 DRIFT_LIMIT = 2.0
 _LAYER_TOLERANCE = 1.25
 _MIN_OFF_LAYERS = 2
+# An RNN's gates (sigmoid, tanh) do not pass their input's scale on in
+# proportion, and its healthy draws sit well below LeCun's std: Keras's
+# Glorot kernel and orthogonal recurrent kernel 0.5 to 0.65 of it, PyTorch's
+# uniform(+-1/sqrt(units)) 0.58. A gated kernel is off beyond this factor, and
+# only the part of its ratio beyond it predicts a drift.
+_GATED_TOLERANCE = 4.0
+# A normalization divides by sqrt(variance + epsilon): with a variance under 1%
+# of its epsilon it scales the signal by about std / sqrt(epsilon) instead of
+# resetting it (std 0.01 kernels in a BatchNorm net), so a chain goes on.
+_WEAK_NORMALIZATION = 0.01
+# float32 holds about 7 significant digits: a signal a million times below its
+# start is rounding noise next to anything of the first scale (a bias, a
+# residual). This needs no prediction to be a problem.
+VANISHED = 1e-6
 SATURATION_EPS = 1e-3  # GradientHealth's default
 # Synthetic inputs: at most 64 examples and about a million input values.
 _MAX_BATCH = 64
@@ -91,12 +112,42 @@ _LOOK_THROUGH = _NORMALIZATION + (
 
 
 @dataclasses.dataclass
+class KernelRecord:
+    """One kernel of a layer: its fan rule, the std drawn, its gradient.
+
+    `activation` is the nonlinearity whose gain applies ("linear" for a kernel
+    no activation follows, such as a separable convolution's depthwise kernel
+    or an attention projection; "gates" for an RNN's). `on_path`: the kernel
+    carries the signal (attention queries and keys and recurrent kernels do
+    not); the layer's `ratio` multiplies the ratios of those.
+    """
+
+    name: str
+    shape: tuple
+    fan_in: int
+    argument: str | None  # the layer's argument for its initializer
+    initializer: str | None
+    activation: str
+    drawn_std: float
+    drawn_from: str
+    recommended_std: float | None
+    ratio: float | None
+    on_path: bool
+    grad_norm: float | None
+
+
+@dataclasses.dataclass
 class LayerRecord:
-    """One layer with a kernel, in forward order, as `check` saw it.
+    """One layer with kernels, in forward order, as `check` saw it.
 
     Stds are of the whole tensor over the batch; `pre_std` is the
     pre-activation's (the kernel layer's output before its activation, which
     the fan rule keeps at a constant scale), `out_std` the activation's output.
+    `kernels` lists each kernel (`KernelRecord`); the kernel fields here are
+    those of the kernel the activation follows (the only one, for most
+    layers), `ratio` the product of the ratios along the layer's signal (a
+    separable convolution's depthwise then pointwise kernel) and `grad_norm`
+    that of all its kernels.
     """
 
     name: str
@@ -117,6 +168,8 @@ class LayerRecord:
     dead_fraction: float | None = None
     saturated_fraction: float | None = None
     nonfinite: str = ""  # "", "NaN", "inf" or "NaN and inf" (outputs or gradient)
+    kernels: list = dataclasses.field(default_factory=list)
+    gated: bool = False  # an RNN: judged with `_GATED_TOLERANCE`
 
     def to_dict(self):
         return {k: json_safe(v) for k, v in dataclasses.asdict(self).items()}
@@ -172,8 +225,25 @@ class CheckReport:
             lines.append("No layer with a kernel: nothing to check.")
             return "\n".join(lines)
         lines.append(header(_COLUMNS))
+        several = False
         for i, r in enumerate(self.layers, 1):
             ratio = sig3(r.ratio) + ("*" if r.normalized else "")
+            if len(r.kernels) > 1:
+                several = True
+                cells = (i, r.name, r.activation, "", "", "", ratio, sig3(r.pre_std),
+                         sig3(r.out_std), sig3(r.grad_norm))  # fmt: skip
+                lines.append(row(cells, _COLUMNS))
+                for k in r.kernels:
+                    std = sig3(k.drawn_std) + ("k" if k.drawn_from == "kernel" else "")
+                    short = k.name.replace("_kernel", "").replace(
+                        "attention_output", "output"
+                    )
+                    cells = ("", f"  {short}", k.activation, k.initializer or "-",
+                             std, sig3(k.recommended_std),
+                             sig3(k.ratio) + ("" if k.on_path else "s"), "", "",
+                             sig3(k.grad_norm))  # fmt: skip
+                    lines.append(row(cells, _COLUMNS))
+                continue
             std = sig3(r.drawn_std) + ("k" if r.drawn_from == "kernel" else "")
             cells = (i, r.name, r.activation, r.initializer or "-", std,
                      sig3(r.recommended_std), ratio, sig3(r.pre_std), sig3(r.out_std),
@@ -188,9 +258,18 @@ class CheckReport:
             "std: before/after"
         )
         lines.append(
-            "the activation, on one training-mode pass; grad norm: of the kernel, "
+            "the activation, on one training-mode pass; grad norm: of the kernels, "
             "for a random projection."
         )
+        if several:
+            lines.append(
+                "Indented: each kernel of a layer with several; the layer's ratio "
+                "multiplies those on its"
+            )
+            lines.append(
+                "signal (s: beside it, as attention queries and keys, recurrent "
+                "kernels)."
+            )
         if self.ok:
             lines.append("OK: no problem found.")
         else:
@@ -236,20 +315,42 @@ def _floats(structure):
     ]
 
 
+def _inner(layer):
+    """The layer a wrapper (`TimeDistributed`) applies, or `layer` itself."""
+    return layer.layer if isinstance(layer, keras.layers.Wrapper) else layer
+
+
+def _activation_name(layer):
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    return activation_name(_inner(layer))
+
+
+def _softmax_saturation(probabilities):
+    """The fraction of softmax outputs whose largest probability is within
+    `SATURATION_EPS` of 1: one-hot already, where the gradient vanishes."""
+    top = keras.ops.max(keras.ops.cast(probabilities, "float32"), axis=-1)
+    return keras.ops.mean(keras.ops.cast(top > 1.0 - SATURATION_EPS, "float32"))
+
+
 class _Recorder:
     """Wraps each leaf layer's `call` for one pass and records every call: the
     layer, its input and output tensors (for the graph, kept alive so that no
     id is reused) and its statistics as backend scalars (`stats[call]`). A
-    kernel layer's own `activation` is wrapped too, for the pre-activation."""
+    kernel layer's own `activation` is wrapped too, for the pre-activation;
+    the input's std is kept for kernel and normalization layers."""
 
     def __init__(self, units, kernel_keys):
         self.units, self.kernel_keys = units, kernel_keys
+        self.input_keys = kernel_keys | {
+            u.index for u in units if isinstance(u.layer, _NORMALIZATION)
+        }
         self.calls, self.stats = [], []  # (unit index, inputs, outputs); dicts
         self._open, self._patches = {}, Patches()
 
     def _wrap_call(self, unit):
         original = unit.layer.call
-        activation = activation_name(unit.layer)
+        activation = _activation_name(unit.layer)
 
         def call(*args, **kwargs):
             stats = {}
@@ -273,7 +374,9 @@ class _Recorder:
                 for name, value in signals.items():
                     if name.startswith(("dead", "saturated")):
                         stats[name] = value
-            if unit.index in self.kernel_keys:
+                if activation == "softmax":
+                    stats["saturated_softmax_fraction"] = _softmax_saturation(out)
+            if unit.index in self.input_keys:
                 inputs = _floats((args, kwargs))
                 if inputs:
                     stats["input_std"] = _std(inputs[0])
@@ -294,13 +397,16 @@ class _Recorder:
         for unit in self.units:
             layer, key = unit.layer, unit.index
             self._patches.set(layer, "call", self._wrap_call(unit))
-            own = vars(layer).get("activation")
+            target = _inner(layer)
+            own = vars(target).get("activation")
             if (
                 key in self.kernel_keys
                 and callable(own)
-                and not isinstance(layer, keras.layers.RNN)
+                and not isinstance(target, keras.layers.RNN)
             ):
-                self._patches.set(layer, "activation", self._wrap_activation(unit, own))
+                self._patches.set(
+                    target, "activation", self._wrap_activation(unit, own)
+                )
         return self
 
     def __exit__(self, *exc):
@@ -395,18 +501,16 @@ def _consumers(calls, model_outputs):
     return consumers, feeds_output
 
 
-def _is_kernel_layer(layer):
-    return getattr(layer, "kernel", None) is not None
-
-
-def _follow(start, layers, consumers, feeds_output):
+def _follow(start, layers, consumers, feeds_output, kernel_layers, weak):
     """What a kernel layer's output reaches before the next layer with weights.
 
     Returns `(activation call or None, normalized, next kernel calls)`:
     the first activation layer reached through normalizations, dropouts and
     adds; whether every path meets a normalization before a kernel, a layer
     with other weights, or the model's output; and the kernel layers reached
-    on paths with no normalization.
+    on paths with no normalization. `kernel_layers` holds the ids of the
+    layers with kernels, `weak` the calls of normalizations that do not reset
+    the scale (`_WEAK_NORMALIZATION`): the signal goes on through them.
     """
     activation, normalized, kernels = None, start not in feeds_output, []
     reached = False
@@ -427,15 +531,15 @@ def _follow(start, layers, consumers, feeds_output):
                     frontier.append((nxt, True, True))
                 continue
             reached = True
-            if isinstance(layer, _NORMALIZATION):
+            if isinstance(layer, _NORMALIZATION) and nxt not in weak:
                 # The scale is reset here; only the activation search goes on.
                 frontier.append((nxt, direct, True))
                 continue
-            if _is_kernel_layer(layer):
+            if id(layer) in kernel_layers:
                 kernels.append(nxt)
                 normalized = False
-            elif layer.trainable_weights:  # attention, embedding, RNN: opaque
-                normalized = False
+            elif layer.trainable_weights and not isinstance(layer, _NORMALIZATION):
+                normalized = False  # weights with no fan rule (PReLU): opaque
             else:
                 if nxt in feeds_output:
                     normalized = False
@@ -587,20 +691,120 @@ def _initializer_name(init):
     return name
 
 
-def _activation_of(layer, following):
+def _activation_of(layer, following, gated):
     """`(display name, object for calculate_gain or None)` of a kernel layer."""
-    if isinstance(layer, keras.layers.RNN):
+    if gated:
         return "rnn", None
-    own = getattr(layer, "activation", None)
-    name = activation_name(layer)
+    own = getattr(_inner(layer), "activation", None)
+    name = _activation_name(layer)
     if callable(own) and name not in (None, "linear"):
         return name, own
     if following is not None:
-        name = activation_name(following)
+        name = _activation_name(following)
         if name is None:
             name = type(following).__name__.lower()
         return name, following
     return "linear", "linear"
+
+
+@dataclasses.dataclass
+class _Judged:
+    """What a layer's verdicts and advice need beside its `LayerRecord`."""
+
+    activation: object  # for calculate_gain, or None
+    name: str
+    kernels: list  # `_fans.Kernel`s, in the order of `record.kernels`
+    records: list  # their `KernelRecord`s
+
+
+def _kernel_record(kernel, judged, grad):
+    """The `KernelRecord` of one kernel: the gain of the activation that
+    follows it (1 for a linear map or an RNN's gates) over its fan-in."""
+    drawn, source = drawn_std(kernel)
+    if kernel.gated:
+        gain, shown = 1.0, "gates"  # the sigmoid's gain, PyTorch's table
+    elif kernel.activated:
+        gain, shown = _gain(judged.activation), judged.name
+    else:
+        gain, shown = 1.0, "linear"
+    recommended = None if gain is None else gain / math.sqrt(max(1, kernel.fan_in))
+    return KernelRecord(
+        name=kernel.name,
+        shape=kernel.shape,
+        fan_in=kernel.fan_in,
+        argument=kernel.argument,
+        initializer=_initializer_name(kernel.initializer),
+        activation=shown,
+        drawn_std=float(drawn),
+        drawn_from=source,
+        recommended_std=recommended,
+        ratio=None if not recommended else float(drawn) / recommended,
+        on_path=not kernel.side,
+        grad_norm=_norm(grad),
+    )
+
+
+def _path_ratio(kernels, records):
+    """The product, stage by stage along the signal, of the kernels' ratios
+    (side by side kernels by their root mean square); None if one is unknown."""
+    stages = collections.defaultdict(list)
+    for kernel, record in zip(kernels, records, strict=True):
+        if kernel.side:
+            continue
+        if kernel.stage is None or record.ratio is None:
+            return None
+        stages[kernel.stage].append(record.ratio)
+    if not stages:
+        return None
+    return math.prod(math.sqrt(sum(r * r for r in v) / len(v)) for v in stages.values())
+
+
+def _tolerance(record):
+    return _GATED_TOLERANCE if record.gated else _LAYER_TOLERANCE
+
+
+def _is_off(record, shrinks):
+    """Whether a layer's ratio is off the fan rule in that direction."""
+    if record.ratio is None:
+        return False
+    if shrinks:
+        return record.ratio < 1 / _tolerance(record)
+    return record.ratio > _tolerance(record)
+
+
+def _factor(record):
+    """The scale factor a layer's drawn stds predict for its output: its ratio,
+    or for an RNN the part of it below the gated band (gates bound the
+    output, so a ratio above the band saturates rather than grows)."""
+    if not record.gated or record.ratio is None:
+        return record.ratio
+    return min(1.0, record.ratio * _GATED_TOLERANCE)
+
+
+def _fix(judged):
+    """The initializers to use: one per kernel off its fan rule (every kernel
+    on the signal if none is off alone), named by the layer's argument."""
+    pairs = list(zip(judged.kernels, judged.records, strict=True))
+
+    def off(kernel, record):
+        tolerance = _GATED_TOLERANCE if kernel.gated else _LAYER_TOLERANCE
+        return record.ratio is not None and not (
+            1 / tolerance <= record.ratio <= tolerance
+        )
+
+    chosen = [(k, r) for k, r in pairs if off(k, r)] or [
+        (k, r) for k, r in pairs if not k.side
+    ]
+    texts = []
+    for kernel, _ in chosen:
+        if kernel.gated:
+            text = "'orthogonal'" if kernel.side else "keras_fanin.LeCun()"
+        elif kernel.activated:
+            text = _advice(judged.activation, judged.name)
+        else:
+            text = "keras_fanin.LeCun()"
+        texts.append(try_text(kernel, text, named=len(pairs) > 1))
+    return " and ".join(dict.fromkeys(texts))  # a bidirectional layer's twice
 
 
 def _gain(activation):
@@ -652,7 +856,7 @@ def _drift_problem(chain, records, objects):
     first, last = records[chain[0]], records[chain[-1]]
     span = [records[k] for k in chain[1:]]
     unknown = any(r.ratio is None for r in span)
-    predicted = math.prod(r.ratio for r in span if r.ratio is not None)
+    predicted = math.prod(_factor(r) for r in span if r.ratio is not None)
     a, b = first.pre_std, last.pre_std
     if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
         return None  # non-finite: the NaN/inf verdict says it
@@ -667,16 +871,7 @@ def _drift_problem(chain, records, objects):
         direction = measured < 1
         if not unknown and not (_beyond(predicted) and (predicted < 1) == direction):
             return None  # the initializers are right: depth or architecture
-    off = [
-        k
-        for k in chain
-        if records[k].ratio is not None
-        and (
-            records[k].ratio < 1 / _LAYER_TOLERANCE
-            if direction
-            else records[k].ratio > _LAYER_TOLERANCE
-        )
-    ]
+    off = [k for k in chain if _is_off(records[k], direction)]
     if not unknown and len(off) < _MIN_OFF_LAYERS:
         return None
     judged = off or chain
@@ -700,14 +895,15 @@ def _drift_problem(chain, records, objects):
     return (
         f"{n} {act} layer{'s' if n > 1 else ''} initialised with {init}: the "
         f"signal {verb} {_power_of_two(factor)} by the last layer ({what}; "
-        f"{why}); use {_advice(objects[example], act)}."
+        f"{why}); use {_fix(objects[example])}."
     )
 
 
 def _grad_rms(record):
     if record.grad_norm is None or not math.isfinite(record.grad_norm):
         return None
-    return record.grad_norm / math.sqrt(max(1, math.prod(record.kernel_shape)))
+    size = sum(math.prod(k.shape) for k in record.kernels)
+    return record.grad_norm / math.sqrt(max(1, size))
 
 
 def _gradient_problem(chain, records, objects):
@@ -727,11 +923,7 @@ def _gradient_problem(chain, records, objects):
     ratios = [records[k].ratio for k in chain]
     if any(r is None for r in ratios) or not _beyond(math.prod(ratios)):
         return None
-    off = [
-        k
-        for k in chain
-        if not 1 / _LAYER_TOLERANCE <= records[k].ratio <= _LAYER_TOLERANCE
-    ]
+    off = [k for k in chain if _is_off(records[k], True) or _is_off(records[k], False)]
     if len(off) < _MIN_OFF_LAYERS:
         return None
     act = _most_common(records[k].activation for k in off)
@@ -743,7 +935,7 @@ def _gradient_problem(chain, records, objects):
         f"{init}: gradients {kind} with depth (per weight, {first.name!r} gets "
         f"{ratio:.3g}x the gradient of {last.name!r}; their drawn stds are "
         f"{records[off[0]].ratio:.3g}x the fan rule's); use "
-        f"{_advice(objects[off[0]], act)}."
+        f"{_fix(objects[off[0]])}."
     )
 
 
@@ -770,6 +962,10 @@ def _problems(calls, names, records, objects, chains, stats, grads_bad):
         )
         if problem:
             problems.append(problem)
+    if not problems:
+        problem = _vanished_problem(records, objects)
+        if problem:
+            problems.append(problem)
     for signal, limit, text in (
         ("dead_fraction", DEAD_WARN_FRACTION, "ReLU units are dead (zero for every "
          "example of the batch)"),
@@ -785,7 +981,7 @@ def _problems(calls, names, records, objects, chains, stats, grads_bad):
         if r.ratio is not None and r.ratio > _LAYER_TOLERANCE and not r.normalized:
             fix = (
                 f"its kernel draws {r.ratio:.3g}x the fan rule's std; use "
-                f"{_advice(objects[worst], r.activation)}"
+                f"{_fix(objects[worst])}"
             )
         problems.append(
             f"{len(bad)} layer{'s' if len(bad) > 1 else ''} at initialisation "
@@ -795,12 +991,53 @@ def _problems(calls, names, records, objects, chains, stats, grads_bad):
     return problems
 
 
-def _chains(order, records, successors):
-    """The chains of un-normalised kernel layers, each ending where no
-    un-normalised kernel layer follows; along the longest path in a graph."""
+def _vanished_problem(records, objects):
+    """A signal that all but vanishes (or explodes) on its way, by measurement
+    alone: a kernel layer's input std beyond `VANISHED` of the first one's."""
+    measured = [r for r in records.values() if r.input_std is not None]
+    if len(measured) < 2:
+        return None
+    first = measured[0]
+    if not (math.isfinite(first.input_std) and first.input_std > 0):
+        return None
+    for k, r in ((k, r) for k, r in records.items() if r.input_std is not None):
+        if not math.isfinite(r.input_std):
+            return None  # the NaN/inf verdict says it
+        factor = r.input_std / first.input_std
+        if VANISHED <= factor <= 1 / VANISHED:
+            continue
+        shrinks = factor < 1
+        before = [q for q, s in records.items() if q < k and _is_off(s, shrinks)]
+        if before:
+            off = records[before[0]]
+            cause = (
+                f"{len(before)} layer{'s' if len(before) > 1 else ''} before it "
+                f"draw{'' if len(before) > 1 else 's'} a std off the fan rule "
+                f"(first {off.name!r}, {off.ratio:.3g}x); use "
+                f"{_fix(objects[before[0]])}"
+            )
+        else:
+            cause = (
+                "no layer before it draws a std off the fan rule that way: depth "
+                "or architecture (normalise, or add residual connections)"
+            )
+        return (
+            f"The signal {'vanishes' if shrinks else 'explodes'}: layer "
+            f"{r.name!r} gets inputs of std {r.input_std:.3g}, {factor:.3g}x "
+            f"those of {first.name!r}; {cause}."
+        )
+    return None
+
+
+def _chains(order, records, successors, opaque):
+    """The chains of kernel layers, each ending where no kernel layer follows
+    but through a normalization; along the longest path in a graph. A layer
+    whose output is normalised ends a chain (the drift up to its
+    pre-activation is real) and starts none. `opaque` layers (kernels wired in
+    an unknown way) are in none."""
     best = {}
     for k in order:
-        if records[k].normalized or records[k].activation == "rnn":
+        if k in opaque:
             continue
         preds = [p for p in best if k in successors[p]]
         best[k] = max((best[p] for p in preds), key=len, default=[]) + [k]
@@ -881,9 +1118,10 @@ def check(model, x=None) -> CheckReport:
             model(x, training=False)  # builds it, as fit() would
         except Exception as error:  # noqa: BLE001 - re-raised with context
             raise _misfit(model, x, error) from error
-    units = find_units(model)
+    units = find_units(model, composites=True)
     layers_by_index = {u.index: u.layer for u in units}
-    kernel_keys = {u.index for u in units if _is_kernel_layer(u.layer)}
+    kernels_of = {u.index: layer_kernels(u.layer) for u in units}
+    kernel_keys = {k for k, kernels in kernels_of.items() if kernels}
     if not kernel_keys:
         return CheckReport(model.name, [], [], input_shapes)
     recorder = _Recorder(units, kernel_keys)
@@ -896,61 +1134,87 @@ def check(model, x=None) -> CheckReport:
     for node, (unit, _, _) in enumerate(recorder.calls):
         first_call.setdefault(unit, node)
     consumers, feeds_output = _consumers(recorder.calls, keras.tree.flatten(outputs))
-    records, objects, successors, grads_bad = {}, {}, {}, []
+    kernel_layers = {id(layers_by_index[k]) for k in kernel_keys}
+    weak = {
+        node
+        for node, layer in enumerate(layer_of)
+        if isinstance(layer, _NORMALIZATION)
+        and stats[node].get("input_std") is not None
+        and stats[node]["input_std"] ** 2
+        < _WEAK_NORMALIZATION * float(getattr(layer, "epsilon", 0.0) or 0.0)
+    }
+    records, objects, successors, grads_bad, opaque = {}, {}, {}, [], set()
     for unit in units:
         if unit.index not in kernel_keys or unit.index not in first_call:
             continue
         layer, node = unit.layer, first_call[unit.index]
+        kernels = kernels_of[unit.index]
         act_node, normalized, next_nodes = _follow(
-            node, layer_of, consumers, feeds_output
+            node, layer_of, consumers, feeds_output, kernel_layers, weak
         )
         following = None if act_node is None else layer_of[act_node]
         successors[unit.index] = {recorder.calls[n][0] for n in next_nodes}
-        act_name, act = _activation_of(layer, following)
-        objects[unit.index] = act
-        kernel = layer.kernel
-        shape = tuple(int(d) for d in kernel.shape)
-        fan_in, _ = compute_fans(shape)
-        init = getattr(layer, "kernel_initializer", None)
-        drawn, drawn_from = initial_std(init, shape), "initializer"
-        if drawn is None:
-            drawn = float(np.std(keras.ops.convert_to_numpy(kernel)))
-            drawn_from = "kernel"
-        gain = _gain(act)
-        recommended = None if gain is None else gain / math.sqrt(max(1, fan_in))
+        path = [k for k in kernels if not k.side] or kernels
+        gated = all(k.gated for k in path)
+        act_name, act = _activation_of(layer, following, gated)
+        judged = _Judged(act, act_name, kernels, [])
+        kernel_grads = [grads.get(id(k.variable)) for k in kernels]
+        judged.records = [
+            _kernel_record(k, judged, g)
+            for k, g in zip(kernels, kernel_grads, strict=True)
+        ]
+        objects[unit.index] = judged
+        if any(k.stage is None for k in kernels):
+            opaque.add(unit.index)
+        # The kernel the activation follows: the last one along the signal.
+        main = max(
+            range(len(kernels)),
+            key=lambda i: (not kernels[i].side, kernels[i].stage or 0, i),
+        )
+        main_record = judged.records[main]
+        norms = [r.grad_norm for r in judged.records if r.grad_norm is not None]
+        grad_norm = _norm(np.asarray(norms)) if norms else None
+        grad_text = next((t for g in kernel_grads if (t := _nonfinite_text(g))), "")
         own = stats[node]
         after = stats[act_node] if act is following is not None else own
-
-        grad = grads.get(id(kernel))
         record = LayerRecord(
             name=unit.name,
             layer_type=type(layer).__name__,
             activation=act_name,
-            initializer=_initializer_name(init),
-            kernel_shape=shape,
-            fan_in=fan_in,
-            drawn_std=float(drawn),
-            drawn_from=drawn_from,
-            recommended_std=recommended,
-            ratio=None if not recommended else float(drawn) / recommended,
+            initializer="+".join(
+                dict.fromkeys(r.initializer or "?" for r in judged.records)
+            ),
+            kernel_shape=main_record.shape,
+            fan_in=main_record.fan_in,
+            drawn_std=main_record.drawn_std,
+            drawn_from=main_record.drawn_from,
+            recommended_std=main_record.recommended_std,
+            ratio=_path_ratio(kernels, judged.records),
             normalized=normalized,
             input_std=own.get("input_std"),
             pre_std=own.get("pre_std", own.get("out_std")),
             out_std=after.get("out_std"),
-            grad_norm=_norm(grad),
+            grad_norm=grad_norm,
             dead_fraction=after.get("dead_relu_fraction"),
-            saturated_fraction=after.get(
-                "saturated_tanh_fraction", after.get("saturated_sigmoid_fraction")
+            saturated_fraction=next(
+                (
+                    after[f"saturated_{kind}_fraction"]
+                    for kind in ("tanh", "sigmoid", "softmax")
+                    if f"saturated_{kind}_fraction" in after
+                ),
+                None,
             ),
             nonfinite=_stats.describe_nonfinite(
                 int(own.get("out_bad", 0)) | int(after.get("out_bad", 0))
             )
-            or _nonfinite_text(grad),
+            or grad_text,
+            kernels=judged.records,
+            gated=gated,
         )
-        if _nonfinite_text(grad):
-            grads_bad.append((record, _nonfinite_text(grad)))
+        if grad_text:
+            grads_bad.append((record, grad_text))
         records[unit.index] = record
-    chains = _chains(list(records), records, successors)
+    chains = _chains(list(records), records, successors, opaque)
     names = {u.index: u.name for u in units}
     problems = _problems(
         recorder.calls, names, records, objects, chains, stats, grads_bad

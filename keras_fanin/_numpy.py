@@ -1,7 +1,7 @@
 """Backend values to NumPy, quietly.
 
-`keras.ops.convert_to_numpy` calls `np.array(x)`: on a Keras `Variable`, or a
-torch tensor, NumPy 2 then warns (`DeprecationWarning: __array__
+`keras.ops.convert_to_numpy` calls `np.array(x)`: on a Keras `Variable`, a
+TensorFlow or a torch tensor, NumPy 2 then warns (`DeprecationWarning: __array__
 implementation doesn't accept a copy keyword`) on every call.
 """
 
@@ -21,4 +21,6 @@ def to_numpy(x):
             if x.dtype == torch.bfloat16:
                 x = x.float()
             return x.numpy()
+    if keras.backend.backend() == "tensorflow" and hasattr(x, "numpy"):
+        return np.asarray(x.numpy())  # an eager tensor
     return np.asarray(keras.ops.convert_to_numpy(x))

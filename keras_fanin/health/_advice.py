@@ -12,9 +12,8 @@ import warnings
 import keras
 import numpy as np
 
-from keras_fanin._fans import compute_fans, fan_for_mode
+from keras_fanin._fans import compute_fans, fan_for_mode, layer_kernels
 from keras_fanin._gains import calculate_gain, recommended_initializer
-from keras_fanin._initializers import FanScaling
 from keras_fanin.health._stats import describe_nonfinite
 from keras_fanin.health._units import RELUS
 
@@ -28,13 +27,19 @@ class GradientHealthWarning(UserWarning):
     """A warning from `GradientHealth` about a layer that does not train well."""
 
 
-def initial_std(initializer, shape):
-    """The std `initializer` draws for `shape`, or None when it does not say."""
-    if isinstance(initializer, FanScaling):
-        return initializer.stddev(shape)
+def initial_std(initializer, shape, axes=None):
+    """The std `initializer` draws for `shape`, or None when it does not say.
+
+    `axes` is the `(input_axes, output_axes)` pair a layer hands to a
+    `VarianceScaling` that has none of its own, as `EinsumDense` does.
+    """
     if isinstance(initializer, keras.initializers.VarianceScaling):
-        fan_in, fan_out = compute_fans(shape)
+        own = (initializer.input_axes, initializer.output_axes)
+        if None not in own or axes is None:
+            axes = own
+        fan_in, fan_out = compute_fans(shape, *axes)
         fan = fan_for_mode(fan_in, fan_out, initializer.mode)
+        # `FanScaling` keeps Keras's `scale` as its gain**2 times its numerator.
         return math.sqrt(initializer.scale / fan)
     if isinstance(initializer, keras.initializers.RandomNormal):
         return float(initializer.stddev)
@@ -43,27 +48,59 @@ def initial_std(initializer, shape):
     return None
 
 
+def drawn_std(kernel):
+    """`(std, "initializer")` that a `_fans.Kernel`'s initializer drew, or
+    `(std, "kernel")` measured on the kernel when the initializer does not say."""
+    axes = (kernel.input_axes, kernel.output_axes) if kernel.axes_given else None
+    std = initial_std(kernel.initializer, kernel.shape, axes)
+    if std is not None:
+        return std, "initializer"
+    return float(np.std(keras.ops.convert_to_numpy(kernel.variable))), "kernel"
+
+
+def try_text(kernel, initializer, named=False):
+    """How to pass `initializer` (a preset's text) for `kernel`: with the
+    kernel's own axes where its fan rule is not Keras's layout rule (a
+    depthwise kernel, an embedding), and named by the layer's argument unless
+    that is `kernel_initializer` and not `named`."""
+    preset = initializer.startswith("keras_fanin.") and initializer.endswith(")")
+    if preset and kernel.input_axes is not None and not kernel.axes_given:
+        axes = (
+            f"input_axes={list(kernel.input_axes)}, "
+            f"output_axes={list(kernel.output_axes)}"
+        )
+        head = initializer[:-1]
+        initializer = f"{head}{'' if head.endswith('(') else ', '}{axes})"
+    if kernel.argument is not None and (
+        named or kernel.argument != "kernel_initializer"
+    ):
+        initializer = f"{kernel.argument}={initializer}"
+    return initializer
+
+
 def kernel_advice(layer, activation, initializer):
     """Advice on a layer's kernel from the fan rule and the gain table.
 
-    Judges the std the layer's `kernel_initializer` drew, when it says so,
-    rather than the kernel now: by the time a unit dies, training has moved
-    the kernel away from its initial scale. A layer without a kernel (an
+    Judges the std the layer's initializer drew, when it says so, rather than
+    the kernel now: by the time a unit dies, training has moved the kernel
+    away from its initial scale. The kernel judged is the one the activation
+    follows (a separable convolution's pointwise kernel), with its own fan
+    rule (`keras_fanin._fans.layer_kernels`). A layer without one (an
     `Activation`, `ReLU`, or a normalization layer) gets no kernel advice:
     what feeds it may be normalised, so no initializer can be blamed.
     """
-    kernel = getattr(layer, "kernel", None)
-    if kernel is None:
+    kernels = [k for k in layer_kernels(layer) if k.activated and not k.side]
+    if not kernels:
         return ""
-    shape = tuple(kernel.shape)
-    fan_in, _ = compute_fans(shape)
+    kernel = kernels[-1]
+    fan_in = kernel.fan_in
     target = calculate_gain(activation) / math.sqrt(max(1, fan_in))
-    actual = initial_std(getattr(layer, "kernel_initializer", None), shape)
-    if actual is None:
-        actual = float(np.std(keras.ops.convert_to_numpy(kernel)))
-        what = "Its kernel std is"
+    actual, source = drawn_std(kernel)
+    noun = kernel.name.split("/")[-1].replace("_", " ")
+    if source == "kernel":
+        what = f"Its {noun} std is"
     else:
-        what = "Its kernel was initialised with std"
+        what = f"Its {noun} was initialised with std"
     if abs(actual / target - 1) < 0.15:
         return (
             f" {what} {actual:.3g}, already the fan-in rule for {activation!r} "
@@ -71,7 +108,7 @@ def kernel_advice(layer, activation, initializer):
         )
     return (
         f" {what} {actual:.3g}; for {activation!r} and fan_in={fan_in} the "
-        f"fan-in rule gives {target:.3g}: try {initializer}."
+        f"fan-in rule gives {target:.3g}: try {try_text(kernel, initializer)}."
     )
 
 

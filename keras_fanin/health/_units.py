@@ -8,6 +8,7 @@ import dataclasses
 import keras
 import numpy as np
 
+from keras_fanin._fans import layer_kernels, sublayers
 from keras_fanin._patch import Patches
 
 RELUS = frozenset({"relu", "relu6"})
@@ -54,10 +55,13 @@ class Unit:
 
     @property
     def has_kernel(self):
+        """Whether the layer (or a layer inside it) has a weight with a fan
+        rule: a kernel, a depthwise or pointwise kernel, a recurrent kernel, an
+        embedding table, attention projections (`keras_fanin._fans`)."""
         # Cached once true: a layer does not lose its kernel, and the advice
         # asks for every unit at every logged step.
         if not self._has_kernel:
-            self._has_kernel = getattr(self.layer, "kernel", None) is not None
+            self._has_kernel = bool(layer_kernels(self.layer))
         return self._has_kernel
 
 
@@ -68,20 +72,48 @@ def unit_axis(layer, rank):
     return rank - 1
 
 
-def find_units(model):
+# Keras's composite layers, whole: their wiring inside is known to `_fans`
+# (and an RNN's cell runs inside a loop, where no call can be recorded).
+_WHOLE = (
+    keras.layers.MultiHeadAttention,
+    keras.layers.GroupQueryAttention,
+    keras.layers.RNN,
+    keras.layers.Bidirectional,
+    keras.layers.Wrapper,
+)
+
+
+def _is_composite(layer):
+    """A layer built from other layers that Keras does not ship whole (a
+    user's Transformer block, a KerasHub layer): its parts can be told apart."""
+    return (
+        not type(layer).__module__.startswith("keras.")
+        and not isinstance(layer, _WHOLE)
+        and any(sub.weights for sub in sublayers(layer))
+    )
+
+
+def find_units(model, composites=False):
     """Leaf layers of `model` in order, recursing into nested models.
 
     Works before the model is built: a subclassed model tracks the layers it
-    assigns as attributes, a Sequential model lists its layers.
+    assigns as attributes, a Sequential model lists its layers. With
+    `composites`, layers built from other layers (not Keras's own, such as
+    `MultiHeadAttention` or `LSTM`, which stay whole) are recursed into too.
     """
     units, seen, names = [], set(), set()
 
     def visit(container, prefix):
-        for layer in container.layers:
+        layers = (
+            container.layers
+            if isinstance(container, keras.Model)
+            else (sublayers(container))
+        )
+        for layer in layers:
             if id(layer) in seen or isinstance(layer, keras.layers.InputLayer):
                 continue
             seen.add(id(layer))
-            if isinstance(layer, keras.Model):
+            if isinstance(layer, keras.Model) or (composites and _is_composite(layer)):
                 visit(layer, f"{prefix}{layer.name}.")
                 continue
             # Names are unique within a model; a clash across nested models is
