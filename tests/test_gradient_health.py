@@ -392,6 +392,10 @@ def test_dataset_probe_takes_its_first_batch(tmp_path, data):
         ({"data": (np.zeros((0, 3)), np.zeros((0, 1)))}, ValueError, r"non-empty batch"),
         ({"data": ("abc", object())}, TypeError, r"must hold arrays or tensors"),
         ({"log_dir": 3}, TypeError, r"Argument `log_dir` must be a path"),
+        ({"log_dir": ""}, ValueError, r"Argument `log_dir` must be a non-empty path"),
+        ({"every_n_steps": 2**63}, ValueError, r"must be a positive integer of at most 2147483647. Received: every_n_steps=9223372036854775808"),
+        ({"every_n_steps": 2**31}, ValueError, r"at most 2147483647"),
+        ({"probe_every_n_steps": 2**40}, ValueError, r"Argument `probe_every_n_steps` must be a positive integer of at most"),
     ],
 )  # fmt: skip
 def test_bad_arguments(tmp_path, kwargs, error, message):

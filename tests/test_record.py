@@ -282,3 +282,46 @@ def test_reading_values_raises_no_numpy_copy_warning(data):
         assert kernel.shape == (FEATURES, 16)
         doubled = to_numpy(keras.ops.convert_to_tensor(kernel) * 2)
         np.testing.assert_allclose(doubled, kernel * 2)
+
+
+def test_the_largest_every_n_steps_trains(tmp_path, data):
+    model = mlp()
+    model.compile(keras.optimizers.SGD(0.01), "binary_crossentropy")
+    health = GradientHealth(tmp_path, every_n_steps=2**31 - 1)
+    fit(model, data, [health])
+    fit(model, data, [health])
+    assert steps(tmp_path) == [0]
+
+
+class OwnOptimizer(keras.Sequential):
+    """A GAN-style step: its own optimizer, `model.optimizer` never moves."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.own = keras.optimizers.SGD(0.05)
+
+    def train_step(self, data):
+        import tensorflow as tf
+
+        x, y = data
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(x=x, y=y, y_pred=self(x, training=True))
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.own.apply(grads, self.trainable_variables)
+        return {"loss": loss}
+
+
+@pytest.mark.tf_only
+def test_a_step_with_its_own_optimizer_numbers_every_fit(tmp_path, data):
+    model = OwnOptimizer([
+        keras.Input((FEATURES,)),
+        keras.layers.Dense(16, activation="relu", name="h1"),
+        keras.layers.Dense(1, activation="sigmoid", name="out"),
+    ])  # fmt: skip
+    model.compile(keras.optimizers.SGD(0.05), "binary_crossentropy")
+    health = GradientHealth(tmp_path, every_n_steps=2, warn=False)
+    fit(model, data, [health])
+    fit(model, data, [health])
+    assert int(model.optimizer.iterations) == 0
+    # No gradient reaches `model.optimizer`; the forward pass is still seen.
+    assert steps(tmp_path, "activation_std/h1") == list(range(0, 14, 2))
