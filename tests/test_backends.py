@@ -148,7 +148,7 @@ TEST_FILES = (
     "tests/test_gradient_health_step.py", "tests/test_report.py",
     "tests/test_check.py",
     # The step axis and the model's lifecycle across fit() calls (issue 18).
-    "tests/test_record.py",
+    "tests/test_record.py", "tests/test_custom_steps.py",
 )  # fmt: skip
 
 

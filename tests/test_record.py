@@ -121,9 +121,14 @@ def test_loss_scale_skipped_steps_keep_their_numbers(tmp_path, data):
     assert steps(tmp_path, "activation_std/h1") == list(range(14))
 
 
-def test_two_callbacks_in_one_fit_each_log_their_own_steps(tmp_path, data):
+@pytest.mark.parametrize("spe", [1, 3])
+def test_two_callbacks_in_one_fit_each_log_their_own_steps(tmp_path, data, spe):
+    if spe > 1 and BACKEND == "torch":
+        pytest.skip("Keras's torch backend refuses steps_per_execution > 1")
     model = mlp()
-    model.compile(keras.optimizers.SGD(0.05), "binary_crossentropy")
+    model.compile(
+        keras.optimizers.SGD(0.05), "binary_crossentropy", steps_per_execution=spe
+    )
     before = attributes(model)
     every_2 = GradientHealth(tmp_path / "a", every_n_steps=2)
     every_1 = GradientHealth(tmp_path / "b", every_n_steps=1)

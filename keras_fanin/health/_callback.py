@@ -487,7 +487,7 @@ class GradientHealth(keras.callbacks.Callback):
             "update_ratio and weight_norm are unavailable"
             + (
                 "; the activation signals still come from the training forward pass"
-                if self.activations
+                if self.activations and not getattr(hook, "unavailable", None)
                 else ""
             )
             + ". Call the optimizer in your train_step, or pass `data=` for the "
@@ -584,6 +584,7 @@ class GradientHealth(keras.callbacks.Callback):
             )
             self._hook_key = key
         self._hook.on_abort = self._on_abort
+        self._hook.on_unavailable = self._advisor.warn_once
         self._hook.set_counter(self._step)
         self._flushed_through = self._step - 1
         self._hook.install()
@@ -637,14 +638,22 @@ class GradientHealth(keras.callbacks.Callback):
         self._sync()
         record, codes, loss = self._probe.measure()
         self._probe_last = step
-        for tag, value in record.items():
+        if loss is None:
+            self._advisor.warn_once(
+                ("probe_no_loss",),
+                "GradientHealth: the model was compiled without a loss (its "
+                "train step computes its own), so the probe cannot compute "
+                "one: its grad_norm and probe_loss are unavailable; its "
+                "activation signals are logged.",
+            )
+        logged = record if loss is None else {**record, "probe_loss": loss}
+        for tag, value in logged.items():
             _record(self.probe_history, tag, step, value)
-        _record(self.probe_history, "probe_loss", step, loss)
         writer = self._writer(PROBE_RUN)
         self._write_layers(PROBE_RUN, writer, self._probe.units, step)
-        self._write_charts(PROBE_RUN, writer, [*record, "probe_loss"], step)
+        self._write_charts(PROBE_RUN, writer, list(logged), step)
         if writer is not None:
-            writer.write_step(step, {**record, "probe_loss": loss})
+            writer.write_step(step, logged)
         if self._advisor.check(
             self._probe.units, step, record, codes, loss=loss, where="probe"
         ):

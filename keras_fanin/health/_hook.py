@@ -142,6 +142,9 @@ class StepHook:
         self.applied = False  # whether the step reached the optimizer
         self.watch = None
         self.on_abort = None  # called when the watch ends a fit() early
+        # `(key, message)`: a signal the step cannot give (the callback's
+        # advisor warns once and logs it).
+        self.on_unavailable = None
 
     def usable(self):
         """Whether this hook still fits its model (same model and optimizer

@@ -38,6 +38,18 @@ def _first_batch(dataset):
         ) from None
 
 
+def has_loss(model):
+    """Whether the probe can compute the model's loss: compiled with one, or
+    `compute_loss` overridden. A model whose `train_step` computes its own
+    loss (compiled without one) gives the probe its activations only."""
+    import keras
+
+    return (
+        getattr(model, "loss", None) is not None
+        or type(model).compute_loss is not keras.Model.compute_loss
+    )
+
+
 def _to_numpy(value):
     if value is None:
         return None
@@ -104,6 +116,7 @@ class ProbeBase:
         self.numpy_batch = batch
         self.eps, self.training = saturation_eps, training
         self.units = self.layout = self._fn = self._key = self.model = None
+        self.has_loss = True
 
     def _misfit(self, error):
         # The original message names the mismatch; it is cut short because
@@ -129,10 +142,12 @@ class ProbeBase:
                 model(x, training=False)
             except Exception as error:  # noqa: BLE001 - re-raised with context
                 raise self._misfit(error) from error
+        self.has_loss = has_loss(model)
         key = (
             id(model),
             tuple(id(v) for v in model.trainable_weights),
             id(getattr(model, "loss", None)),
+            self.has_loss,
         )
         if self._fn is not None and key == self._key:
             return False
@@ -148,4 +163,4 @@ class ProbeBase:
         vector = self._vector()
         row, loss = vector[:-1], float(vector[-1])
         record = {tag: float(row[col]) for col, tag in self.layout.tags()}
-        return record, self.layout.codes(row), loss
+        return record, self.layout.codes(row), loss if self.has_loss else None

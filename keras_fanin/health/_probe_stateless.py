@@ -63,10 +63,13 @@ class StatelessProbe(ProbeBase):
         kwargs = {"training": self.training} if _accepts_training(model) else {}
         with Capture(self.units) as capture:
             y_pred, _ = model.stateless_call(trainable, non_trainable, x, **kwargs)
-        loss, _ = model.stateless_compute_loss(
-            trainable, non_trainable, metrics, x=x, y=y, y_pred=y_pred,
-            sample_weight=sample_weight, training=self.training,
-        )  # fmt: skip
+        if self.has_loss:
+            loss, _ = model.stateless_compute_loss(
+                trainable, non_trainable, metrics, x=x, y=y, y_pred=y_pred,
+                sample_weight=sample_weight, training=self.training,
+            )  # fmt: skip
+        else:  # activations only; no gradient is read
+            loss = keras.ops.sum(keras.ops.zeros(()))
         values = {}
         for unit in self.units:
             out = first_float(capture.outputs.get(unit.index))
@@ -81,7 +84,7 @@ class StatelessProbe(ProbeBase):
     def _row(self, loss, values, grads, trainable):
         col = self.layout.column
         for unit, slots in zip(self.units, self._slots, strict=True):
-            if not slots:
+            if not slots or not self.has_loss:
                 continue
             unit_grads = [grads[i] for i in slots if grads[i] is not None]
             values[col(unit.index, "grad_norm")] = keras.ops.sqrt(
@@ -123,7 +126,11 @@ class StatelessProbe(ProbeBase):
             device_type=device.type if accelerated else None,
         ):
             loss, values = self._loss(leaves, x, y, sample_weight)
-        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        grads = (
+            torch.autograd.grad(loss, leaves, allow_unused=True)
+            if self.has_loss
+            else [None] * len(leaves)
+        )
         with torch.no_grad():
             values = {c: v.detach() for c, v in values.items()}
             return self._row(loss.detach(), values, list(grads), leaves)

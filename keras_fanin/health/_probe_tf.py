@@ -19,7 +19,8 @@ from keras_fanin.health._probe_data import ProbeBase
 from keras_fanin.health._units import Capture, find_units, first_float, weight_slots
 
 
-def build_probe_function(model, units, layout, saturation_eps, training):
+def build_probe_function(model, units, layout, saturation_eps, training,
+                         with_loss=True):  # fmt: skip
     """`fn(x, y, sample_weight)` -> one float32 vector: a buffer row + the loss.
 
     With `training=True` the forward pass runs in training mode (BatchNorm
@@ -36,19 +37,23 @@ def build_probe_function(model, units, layout, saturation_eps, training):
             keras.StatelessScope(),
         ):
             y_pred = model(x, training=training)
-            loss = model.compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
-            )
-            # Keras divides each loss by the replica count under a
-            # tf.distribute strategy; undo it, as Keras does for its logs, so
-            # the numbers equal a single-device run on the whole probe batch.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            loss = loss * tf.cast(replicas, loss.dtype)
+            if with_loss:
+                loss = model.compute_loss(
+                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                    training=training,
+                )  # fmt: skip
+                # Keras divides each loss by the replica count under a
+                # tf.distribute strategy; undo it, as Keras does for its logs,
+                # so the numbers equal a single-device run on the whole batch.
+                replicas = tf.distribute.get_strategy().num_replicas_in_sync
+                loss = loss * tf.cast(replicas, loss.dtype)
+            else:
+                loss = tf.constant(np.nan, tf.float32)
         weights = model.trainable_weights
-        grads = tape.gradient(loss, weights) if weights else []
+        grads = tape.gradient(loss, weights) if weights and with_loss else []
         slots = weight_slots(units, weights)
         for unit, unit_slots in zip(units, slots, strict=True):
-            if unit_slots:
+            if unit_slots and with_loss:
                 unit_grads = [grads[i] for i in unit_slots if grads[i] is not None]
                 col = layout.column
                 values[col(unit.index, "grad_norm")] = tf.sqrt(
@@ -103,7 +108,7 @@ class Probe(ProbeBase):
         units = find_units(model)
         layout = Layout(units)
         fn, written = build_probe_function(
-            model, units, layout, self.eps, self.training
+            model, units, layout, self.eps, self.training, self.has_loss
         )
         fn(*self.batch)  # traces now
         layout.written = written

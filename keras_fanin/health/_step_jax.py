@@ -303,6 +303,8 @@ class JaxStepHook(StepHook):
             self.traces += 1
             self._grads, self._act_cols = None, []
             before = state[0]
+            step_slot, steps_slot, rows_slot = self._slots()
+            rows_in = state[3][rows_slot]
             self._logging = True
             try:
                 logs, state = original(state, data)
@@ -310,9 +312,17 @@ class JaxStepHook(StepHook):
                 self._logging = False
             trainable, non_trainable, optimizer_vars, metrics = state
             metrics = list(metrics)
-            step_slot, steps_slot, rows_slot = self._slots()
             step = metrics[step_slot]
             rows, steps = metrics[rows_slot], metrics[steps_slot]
+            if self._act_cols and rows is rows_in:
+                # The step returned the metrics state it was given, not the
+                # one that carried the activation statistics out.
+                self.layout.written.difference_update(self._act_cols)
+                self._act_cols = []
+                self._activations_unavailable(
+                    "the training step returns the metrics state it was given, "
+                    "not the one `compute_loss_and_updates` returned"
+                )
             grads, self._grads = self._grads, None
             # The last row carries the activation stats out of the gradient
             # trace; the ring is the rows before it.

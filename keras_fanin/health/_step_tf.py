@@ -257,7 +257,11 @@ class TFStepHook(StepHook):
                 return original(grads, trainable_variables=trainable_variables)
 
             context = tf.distribute.get_replica_context()
-            if not self._distributed:
+            # Under another hook's wrapper (two callbacks), the update may not
+            # run in this hook's tf.cond: the other hook's statistics would
+            # be made in the branch and used outside it.
+            stacked = not self._dispatching and self.watch.hooks.index(self) > 0
+            if not self._distributed and not stacked:
 
                 def logged():
                     before = [tf.identity(tf.convert_to_tensor(v)) for v in variables]
@@ -273,12 +277,15 @@ class TFStepHook(StepHook):
                 # No synchronisation point may sit in a tf.cond in a replica
                 # context: outside one, reduce and copy (on every step when a
                 # tf.cond chooses), and compute the statistics in it.
-                dense = [
-                    tf.convert_to_tensor(g) if g is not None else None for g in grads
-                ]
-                present = [g for g in dense if g is not None]
-                summed = iter(context.all_reduce("SUM", present))
-                reduced = [next(summed) if g is not None else None for g in dense]
+                reduced = grads
+                if self._distributed:
+                    dense = [
+                        tf.convert_to_tensor(g) if g is not None else None
+                        for g in grads
+                    ]
+                    present = [g for g in dense if g is not None]
+                    summed = iter(context.all_reduce("SUM", present))
+                    reduced = [next(summed) if g is not None else None for g in dense]
                 before = [tf.identity(tf.convert_to_tensor(v)) for v in variables]
                 run_original()
                 values = self._when_logged(
