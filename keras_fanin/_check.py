@@ -29,7 +29,7 @@ import sys
 import keras
 import numpy as np
 
-from keras_fanin._fans import layer_kernels
+from keras_fanin._fans import layer_kernels, sublayers
 from keras_fanin._gains import calculate_gain, recommended_initializer
 from keras_fanin._patch import Patches
 from keras_fanin._text import WIDTH, header, json_safe, row, sig3
@@ -108,6 +108,8 @@ _LOOK_THROUGH = _NORMALIZATION + (
     keras.layers.AlphaDropout,
     keras.layers.Add,
     keras.layers.Average,
+    keras.layers.Reshape,  # MobileNet's 1x1 head, reshaped, then its softmax
+    keras.layers.Flatten,
 )
 
 
@@ -183,7 +185,7 @@ _COLUMNS = (
     ("initializer", 13, "<"),
     ("std", 8, ">"),
     ("fan rule", 8, ">"),
-    ("ratio", 7, ">"),
+    ("ratio", 8, ">"),
     ("pre std", 8, ">"),
     ("out std", 8, ">"),
     ("grad norm", 9, ">"),
@@ -326,6 +328,40 @@ def _activation_name(layer):
     return activation_name(_inner(layer))
 
 
+# Where a sigmoid gate is within `SATURATION_EPS` of 0 or 1.
+_GATE_SATURATION = math.log((1 - SATURATION_EPS) / SATURATION_EPS)
+
+
+def _gate_saturation(inputs, kernel):
+    """The fraction of an RNN's gate pre-activations from its inputs alone,
+    `inputs @ kernel` (the part computed before its loop), whose sigmoid is
+    within `SATURATION_EPS` of 0 or 1."""
+    x = keras.ops.reshape(keras.ops.cast(inputs, "float32"), (-1, kernel.shape[0]))
+    z = keras.ops.matmul(x, keras.ops.cast(kernel, "float32"))
+    return keras.ops.mean(
+        keras.ops.cast(keras.ops.abs(z) > _GATE_SATURATION, "float32")
+    )
+
+
+def _attention_saturation(query, key):
+    """`_softmax_saturation` of the attention weights `softmax(q . k /
+    sqrt(key_dim))` over the keys, from projections `(batch, positions, heads,
+    key_dim)` (key heads repeated to the query's, as grouped-query attention
+    shares them); masks aside. None for other shapes."""
+    if len(query.shape) != 4 or len(key.shape) != 4:
+        return None
+    heads, key_heads = query.shape[2], key.shape[2]
+    if heads != key_heads:
+        if not heads or not key_heads or heads % key_heads:
+            return None
+        key = keras.ops.repeat(key, heads // key_heads, axis=2)
+    query = keras.ops.cast(query, "float32")
+    key = keras.ops.cast(key, "float32")
+    scores = keras.ops.einsum("bqhd,bkhd->bhqk", query, key)
+    scores = scores / math.sqrt(max(1, int(query.shape[-1])))
+    return _softmax_saturation(keras.ops.softmax(scores, axis=-1))
+
+
 def _softmax_saturation(probabilities):
     """The fraction of softmax outputs whose largest probability is within
     `SATURATION_EPS` of 1: one-hot already, where the gradient vanishes."""
@@ -338,15 +374,17 @@ class _Recorder:
     layer, its input and output tensors (for the graph, kept alive so that no
     id is reused) and its statistics as backend scalars (`stats[call]`). A
     kernel layer's own `activation` is wrapped too, for the pre-activation;
-    the input's std is kept for kernel and normalization layers."""
+    the input's std is kept for kernel and normalization layers, and an RNN's
+    gate saturation (`gates`: `{unit: [input kernels]}`)."""
 
-    def __init__(self, units, kernel_keys):
-        self.units, self.kernel_keys = units, kernel_keys
+    def __init__(self, units, kernel_keys, gates):
+        self.units, self.kernel_keys, self.gates = units, kernel_keys, gates
         self.input_keys = kernel_keys | {
             u.index for u in units if isinstance(u.layer, _NORMALIZATION)
         }
         self.calls, self.stats = [], []  # (unit index, inputs, outputs); dicts
-        self._open, self._patches = {}, Patches()
+        self.model_outputs = []
+        self._open, self._patches, self._projections = {}, Patches(), {}
 
     def _wrap_call(self, unit):
         original = unit.layer.call
@@ -376,10 +414,42 @@ class _Recorder:
                         stats[name] = value
                 if activation == "softmax":
                     stats["saturated_softmax_fraction"] = _softmax_saturation(out)
+            projections = self._projections.pop(unit.index, {})
+            if "query" in projections and "key" in projections:
+                saturation = _attention_saturation(
+                    projections["query"], projections["key"]
+                )
+                if saturation is not None:
+                    stats["saturated_softmax_fraction"] = saturation
             if unit.index in self.input_keys:
                 inputs = _floats((args, kwargs))
                 if inputs:
                     stats["input_std"] = _std(inputs[0])
+                    kernels = [
+                        k
+                        for k in self.gates.get(unit.index, ())
+                        if inputs[0].shape[-1] == k.shape[0]
+                    ]
+                    if kernels:
+                        stats["saturated_gates_fraction"] = keras.ops.mean(
+                            keras.ops.stack(
+                                [_gate_saturation(inputs[0], k) for k in kernels]
+                            )
+                        )
+            return output
+
+        return call
+
+    def _wrap_projection(self, unit, role, original):
+        """An attention layer's query or key projection: its first output is
+        kept, for the attention weights (which Keras computes in one fused
+        op when it can, with no `Softmax` layer to watch)."""
+
+        def call(*args, **kwargs):
+            output = original(*args, **kwargs)
+            stats = self._open.get(unit.index)
+            if stats is not None:
+                self._projections.setdefault(unit.index, {}).setdefault(role, output)
             return output
 
         return call
@@ -397,6 +467,14 @@ class _Recorder:
         for unit in self.units:
             layer, key = unit.layer, unit.index
             self._patches.set(layer, "call", self._wrap_call(unit))
+            if key in self.kernel_keys:
+                for sub in sublayers(layer):
+                    if sub.name in ("query", "key") and isinstance(
+                        sub, keras.layers.EinsumDense
+                    ):
+                        self._patches.set(
+                            sub, "call", self._wrap_projection(unit, sub.name, sub.call)
+                        )
             target = _inner(layer)
             own = vars(target).get("activation")
             if (
@@ -437,6 +515,8 @@ def _forward_backward(model, x, recorder):
     def forward(mapping):
         with keras.StatelessScope(state_mapping=mapping), recorder:
             outputs = model(x, training=True)
+        # The tensors the recorded calls produced (JAX's tracers), for the graph.
+        recorder.model_outputs = keras.tree.flatten(outputs)
         return outputs, _projection_loss(outputs)
 
     if backend == "tensorflow":
@@ -795,8 +875,11 @@ def _fix(judged):
     chosen = [(k, r) for k, r in pairs if off(k, r)] or [
         (k, r) for k, r in pairs if not k.side
     ]
-    texts = []
+    texts, arguments = [], set()
     for kernel, _ in chosen:
+        if kernel.argument in arguments:  # attention's four, one argument
+            continue
+        arguments.add(kernel.argument)
         if kernel.gated:
             text = "'orthogonal'" if kernel.side else "keras_fanin.LeCun()"
         elif kernel.activated:
@@ -878,7 +961,7 @@ def _drift_problem(chain, records, objects):
     act = _most_common(records[k].activation for k in judged)
     judged = [k for k in judged if records[k].activation == act]
     init = _most_common(records[k].initializer or "?" for k in judged)
-    example, n = judged[0], len(judged)
+    n = len(judged)
     factor = measured if measured is not None else predicted
     verb = "shrinks" if direction else "grows"
     what = (
@@ -892,10 +975,10 @@ def _drift_problem(chain, records, objects):
         if not unknown
         else "no gain is known for some of these activations"
     )
-    return (
+    return (verb, act, init), (
         f"{n} {act} layer{'s' if n > 1 else ''} initialised with {init}: the "
         f"signal {verb} {_power_of_two(factor)} by the last layer ({what}; "
-        f"{why}); use {_fix(objects[example])}."
+        f"{why}); use {_fixes(objects, judged)}."
     )
 
 
@@ -930,16 +1013,39 @@ def _gradient_problem(chain, records, objects):
     off = [k for k in off if records[k].activation == act]
     init = _most_common(records[k].initializer or "?" for k in off)
     kind = "vanish" if ratio < 1 else "explode"
-    return (
+    return (kind, act, init), (
         f"{len(off)} {act} layer{'s' if len(off) > 1 else ''} initialised with "
         f"{init}: gradients {kind} with depth (per weight, {first.name!r} gets "
         f"{ratio:.3g}x the gradient of {last.name!r}; their drawn stds are "
         f"{records[off[0]].ratio:.3g}x the fan rule's); use "
-        f"{_fix(objects[off[0]])}."
+        f"{_fixes(objects, off)}."
     )
 
 
-def _problems(calls, names, records, objects, chains, stats, grads_bad):
+def _fixes(objects, keys, most=3):
+    """The distinct fixes of some layers (a 1x1 and a depthwise convolution
+    need different ones), the first `most`."""
+    return " and ".join(list(dict.fromkeys(_fix(objects[k]) for k in keys))[:most])
+
+
+def _weak_problem(weak):
+    """The line on normalizations whose inputs are too small to normalise.
+
+    `weak` is `[(layer name, input variance, epsilon)]`, not empty.
+    """
+    name, variance, epsilon = min(weak, key=lambda w: w[1] / w[2])
+    n = len(weak)
+    return (
+        f"{n} normalization layer{'s' if n > 1 else ''} (first "
+        f"{weak[0][0]!r}) get{'' if n > 1 else 's'} inputs with a variance under "
+        f"{_WEAK_NORMALIZATION:.0%} of their epsilon ({variance:.3g} against "
+        f"{epsilon:g} in {name!r}): dividing by about sqrt(epsilon), they pass "
+        "the signal on shrunk instead of resetting its scale. Raise the std of "
+        "the kernels before them (see the ratio column)."
+    )
+
+
+def _problems(calls, names, records, objects, chains, stats, grads_bad, weak=()):
     problems = []
     for node, (unit, _, _) in enumerate(calls):  # the first layer where it appears
         code = stats[node].get("out_bad", 0.0)
@@ -956,12 +1062,31 @@ def _problems(calls, names, records, objects, chains, stats, grads_bad):
             f"Non-finite gradients ({grads_bad[0][1]}) for the kernels of "
             f"{len(names)} layer(s), first {names[0]!r}, at initialisation."
         )
+    grouped = {}
     for chain in chains:
-        problem = _drift_problem(chain, records, objects) or _gradient_problem(
+        found = _drift_problem(chain, records, objects) or _gradient_problem(
             chain, records, objects
         )
-        if problem:
-            problems.append(problem)
+        if found:
+            key, text = found
+            grouped.setdefault(key, []).append((text, chain))
+    for items in grouped.values():
+        # One line for many chains alike (each block of a net, say).
+        text, more = items[0][0], items[1:]
+        if more:
+            spans = ", ".join(
+                f"{records[c[0]].name!r} to {records[c[-1]].name!r}"
+                for _, c in more[:3]
+            )
+            text += (
+                f" The same in {len(more)} more chain{'s' if len(more) > 1 else ''}"
+                f" ({spans}{', ...' if len(more) > 3 else ''})."
+            )
+        problems.append(text)
+    # A weak normalization matters where a chain runs on through it; alone
+    # (inputs far from the scale the model expects), the next one resets.
+    if grouped and weak:
+        problems.append(_weak_problem(weak))
     if not problems:
         problem = _vanished_problem(records, objects)
         if problem:
@@ -978,15 +1103,24 @@ def _problems(calls, names, records, objects, chains, stats, grads_bad):
         worst = max(bad, key=lambda k: getattr(records[k], signal))
         r = records[worst]
         fix = "normalise the inputs or lower the initial std"
-        if r.ratio is not None and r.ratio > _LAYER_TOLERANCE and not r.normalized:
+        ratio = r.ratio
+        if len(r.kernels) > 1:  # attention saturates through its queries and keys
+            ratios = [k.ratio for k in r.kernels if k.ratio is not None]
+            ratio = max(ratios, default=None)
+        if ratio is not None and ratio > _tolerance(r) and not r.normalized:
             fix = (
-                f"its kernel draws {r.ratio:.3g}x the fan rule's std; use "
-                f"{_fix(objects[worst])}"
+                f"its kernel{'s draw up to' if len(r.kernels) > 1 else ' draws'} "
+                f"{ratio:.3g}x the fan rule's std; use {_fix(objects[worst])}"
             )
+        where = r.activation
+        if r.gated:
+            where += ", its gates"
+        elif any(not k.on_path for k in r.kernels):
+            where = "its attention weights"
         problems.append(
             f"{len(bad)} layer{'s' if len(bad) > 1 else ''} at initialisation "
             f"where most {text}: {getattr(r, signal):.0%} in {r.name!r} "
-            f"({r.activation}); {fix}."
+            f"({where}); {fix}."
         )
     return problems
 
@@ -1048,11 +1182,17 @@ def _chains(order, records, successors, opaque):
 def check(model, x=None) -> CheckReport:
     """Checks a model's initialisation before training: one forward and backward pass.
 
-    For every layer with a kernel, in forward order: its activation (its own,
-    or the activation layer that follows it, through a normalization), its
-    kernel initializer and the std it draws, and the std the fan rule and the
-    activation's gain recommend, `calculate_gain(activation) / sqrt(fan_in)`
-    (the rule `keras_fanin`'s initializers draw); then the signal by depth from
+    For every layer with kernels, in forward order: its activation (its own,
+    or the activation layer that follows it, through a normalization), and
+    for each kernel its initializer and the std it draws, and the std the fan
+    rule and the activation's gain recommend, `gain / sqrt(fan_in)` (the rule
+    `keras_fanin`'s initializers draw) with the fan-in the kernel really has:
+    a depthwise kernel's receptive field (not times its channels), an
+    embedding's 1, an attention projection's input axes; gain 1 where no
+    activation follows (a separable convolution's depthwise kernel, attention
+    projections, an RNN's gates). A layer's ratio multiplies those of the
+    kernels along its signal. Layers built from other layers by the user (a
+    Transformer block) are judged layer by layer. Then the signal by depth from
     one training-mode pass on `x` that changes no state (BatchNorm normalises
     with the batch's statistics, as in training), and each kernel's gradient
     norm for the loss `sum(y * r) / batch`, summed over the float outputs `y`,
@@ -1066,12 +1206,22 @@ def check(model, x=None) -> CheckReport:
       between, the pre-activation std of the last layer is more than 2x (or
       less than 1/2x) that of the first, AND the drawn stds predict it: their
       ratios to the fan rule's, compounded over the chain, are beyond 2x the
-      same way, with at least two layers off by more than 25%. A layer whose
-      output is normalised (BatchNorm, LayerNorm, ...) before the next kernel
-      ends a chain: its scale is reset, whatever its std.
+      same way, with at least two layers off by more than 25% (an RNN: more
+      than 4x, as its gates bound its output). A layer whose output is
+      normalised (BatchNorm, LayerNorm, ...) before the next kernel ends a
+      chain: its scale is reset, whatever its std; unless the normalization's
+      input variance is under 1% of its epsilon, where it cannot normalise.
+      Such weak normalizations get a line of their own. Chains alike (each
+      block of a network) share one line.
+    - Gradients vanish or explode along such a chain (per weight, beyond
+      1000x), as the drawn stds predict.
+    - The signal vanishes or explodes by a factor of a million between the
+      first layer's input and a later one's, whatever the initializers.
     - Non-finite values in an output or a gradient.
-    - More than half the units of a ReLU layer dead, or of a tanh or sigmoid
-      layer's outputs saturated, as `GradientHealth` warns.
+    - More than half the units of a ReLU layer dead, of a tanh or sigmoid
+      layer's outputs saturated, as `GradientHealth` warns; of a softmax's
+      outputs one-hot (within 0.001 of 1), attention weights included; or of
+      an RNN's gate pre-activations from its inputs saturated.
 
     Examples:
 
@@ -1124,7 +1274,15 @@ def check(model, x=None) -> CheckReport:
     kernel_keys = {k for k, kernels in kernels_of.items() if kernels}
     if not kernel_keys:
         return CheckReport(model.name, [], [], input_shapes)
-    recorder = _Recorder(units, kernel_keys)
+    gates = {
+        key: [
+            k.variable
+            for k in kernels
+            if k.gated and not k.side and k.stage == 0 and len(k.shape) == 2
+        ]
+        for key, kernels in kernels_of.items()
+    }
+    recorder = _Recorder(units, kernel_keys, gates)
     try:
         outputs, stats, grads = _forward_backward(model, x, recorder)
     except Exception as error:  # noqa: BLE001 - re-raised with context
@@ -1133,16 +1291,18 @@ def check(model, x=None) -> CheckReport:
     first_call = {}
     for node, (unit, _, _) in enumerate(recorder.calls):
         first_call.setdefault(unit, node)
-    consumers, feeds_output = _consumers(recorder.calls, keras.tree.flatten(outputs))
+    consumers, feeds_output = _consumers(recorder.calls, recorder.model_outputs)
     kernel_layers = {id(layers_by_index[k]) for k in kernel_keys}
-    weak = {
-        node
-        for node, layer in enumerate(layer_of)
-        if isinstance(layer, _NORMALIZATION)
-        and stats[node].get("input_std") is not None
-        and stats[node]["input_std"] ** 2
-        < _WEAK_NORMALIZATION * float(getattr(layer, "epsilon", 0.0) or 0.0)
-    }
+    names_by_index = {u.index: u.name for u in units}
+    weak, weak_layers = set(), {}
+    for node, layer in enumerate(layer_of):
+        epsilon = float(getattr(layer, "epsilon", 0.0) or 0.0)
+        std = stats[node].get("input_std") if epsilon > 0 else None
+        if isinstance(layer, _NORMALIZATION) and std is not None:
+            if std**2 < _WEAK_NORMALIZATION * epsilon:
+                weak.add(node)
+                name = names_by_index[recorder.calls[node][0]]
+                weak_layers.setdefault(name, (name, std**2, epsilon))
     records, objects, successors, grads_bad, opaque = {}, {}, {}, [], set()
     for unit in units:
         if unit.index not in kernel_keys or unit.index not in first_call:
@@ -1199,7 +1359,7 @@ def check(model, x=None) -> CheckReport:
             saturated_fraction=next(
                 (
                     after[f"saturated_{kind}_fraction"]
-                    for kind in ("tanh", "sigmoid", "softmax")
+                    for kind in ("tanh", "sigmoid", "softmax", "gates")
                     if f"saturated_{kind}_fraction" in after
                 ),
                 None,
@@ -1215,9 +1375,15 @@ def check(model, x=None) -> CheckReport:
             grads_bad.append((record, grad_text))
         records[unit.index] = record
     chains = _chains(list(records), records, successors, opaque)
-    names = {u.index: u.name for u in units}
     problems = _problems(
-        recorder.calls, names, records, objects, chains, stats, grads_bad
+        recorder.calls,
+        names_by_index,
+        records,
+        objects,
+        chains,
+        stats,
+        grads_bad,
+        list(weak_layers.values()),
     )
     return CheckReport(model.name, list(records.values()), problems, input_shapes)
 

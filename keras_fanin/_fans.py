@@ -266,7 +266,7 @@ def sublayers(layer):
     return found
 
 
-def layer_kernels(layer):
+def layer_kernels(layer, _above=()):
     """The kernels of `layer` and of the layers inside it, each with its fan rule.
 
     Dense, convolution and `EinsumDense` kernels; depthwise and separable
@@ -358,11 +358,13 @@ def layer_kernels(layer):
         ]
     own = getattr(layer, "kernel", None)
     own = [] if own is None else [_kernel("kernel", own, layer, "kernel_initializer")]
-    inner = sublayers(layer)
+    # A sub-layer that holds a layer above it would otherwise recurse forever.
+    above = (*_above, id(layer))
+    inner = [sub for sub in sublayers(layer) if id(sub) not in above]
     attention = {s.name for s in inner} >= set(_ATTENTION)
     kernels = []
     for sub in inner:
-        for k in layer_kernels(sub):
+        for k in layer_kernels(sub, above):
             if attention and sub.name in _ATTENTION:
                 stage, side = _ATTENTION[sub.name]
                 k = dataclasses.replace(k, stage=stage, side=side, activated=stage == 1)

@@ -323,3 +323,41 @@ def test_jax_backend_in_a_subprocess():
     )
     out = run_python(code, env={"KERAS_BACKEND": "jax"})
     assert out.split() == ["jax", "True", "False", "True"]
+
+
+def _depthwise_stack(init, depth=6, channels=8):
+    layers = [keras.Input((12, 12, channels))]
+    layers += [
+        keras.layers.DepthwiseConv2D(
+            3, padding="same", activation="relu", depthwise_initializer=init()
+        )
+        for _ in range(depth)
+    ]
+    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)]
+    return keras.Sequential(layers)
+
+
+def test_depthwise_kernels_are_judged_by_their_receptive_field():
+    # He() reads a depthwise kernel (3, 3, 8, 1) in Keras's layout: fan-in 72,
+    # where each output sums 9 inputs. The signal shrinks by sqrt(8) a layer.
+    report = check(_depthwise_stack(keras_fanin.He))
+    assert [r.fan_in for r in report.layers[:-1]] == [9] * 6
+    assert report.layers[1].ratio == pytest.approx(1 / math.sqrt(8))
+    (problem,) = report.problems
+    assert problem.startswith("6 relu layers initialised with He: the signal shrinks")
+    fix = (
+        "depthwise_initializer=keras_fanin.He(input_axes=[0, 1], output_axes=[0, 1, 3])"
+    )
+    assert problem.endswith(f"use {fix}.")
+    fixed = check(
+        _depthwise_stack(
+            lambda: keras_fanin.He(input_axes=[0, 1], output_axes=[0, 1, 3])
+        )
+    )
+    assert fixed.ok, fixed.problems
+    data = json.loads(json.dumps(fixed.to_dict()))
+    (kernel,) = data["layers"][0]["kernels"]
+    assert (kernel["name"], kernel["fan_in"], kernel["argument"]) == (
+        "kernel", 9, "depthwise_initializer",
+    )  # fmt: skip
+    assert kernel["ratio"] == pytest.approx(1.0)

@@ -46,6 +46,29 @@ def test_bad_shapes_are_refused_naming_shape(shape, error, message):
         compute_fans(shape)
 
 
+def test_non_integer_dimensions_are_value_errors_in_keras_style():
+    """`compute_fans((2.7, 4))` raises a ValueError, as Keras does for a shape it
+    cannot read (and, as before, a TypeError: both `except`s catch it)."""
+    message = (
+        r"^Argument `shape` must be a sequence of non-negative integers; item 0 is "
+        r"2.7 of type float. Received: shape=\(2.7, 4\)$"
+    )
+    for call in (
+        lambda: compute_fans((2.7, 4)),
+        lambda: He().stddev((2.7, 4)),
+        lambda: He(seed=0)((2.7, 4)),
+    ):
+        with pytest.raises(ValueError, match=message) as info:
+            call()
+        assert isinstance(info.value, TypeError)
+    for shape in [(4, np.float32(2.0)), (4, 2.0), (None, 4), (4, True)]:
+        with pytest.raises(ValueError, match=r"Received: shape="):
+            compute_fans(shape)
+    # Integers of numpy's integer types stay dimensions.
+    dims = (np.uint8(3), np.int16(4), np.int64(5))
+    assert compute_fans(dims) == (12, 15)
+
+
 def test_numpy_int_dims_are_accepted_as_python_ints():
     for shape in [(np.int64(3), np.int32(4)), np.array([3, 4]), [3, 4]]:
         fans = compute_fans(shape)

@@ -14,6 +14,7 @@ import numpy as np
 
 from keras_fanin._fans import compute_fans, fan_for_mode, layer_kernels
 from keras_fanin._gains import calculate_gain, recommended_initializer
+from keras_fanin._numpy import to_numpy
 from keras_fanin.health._stats import describe_nonfinite
 from keras_fanin.health._units import RELUS
 
@@ -55,7 +56,7 @@ def drawn_std(kernel):
     std = initial_std(kernel.initializer, kernel.shape, axes)
     if std is not None:
         return std, "initializer"
-    return float(np.std(keras.ops.convert_to_numpy(kernel.variable))), "kernel"
+    return float(np.std(to_numpy(kernel.variable))), "kernel"
 
 
 def try_text(kernel, initializer, named=False):
@@ -244,11 +245,33 @@ class Advisor:
             kind = "vanishing" if ratio < 1 else "exploding"
             self._warn(
                 ("depth", kind),
-                f"GradientHealth: {kind} gradients at step {step}: the first "
-                f"layer {first!r} has gradient norm {g_first:.3g}, the last "
-                f"layer {last!r} {g_last:.3g} (ratio {ratio:.3g}). Scale each "
-                "kernel by its fan-in: keras_fanin.He() for ReLU, "
-                "keras_fanin.LeCun(gain='tanh') for tanh, keras_fanin.LeCun() for "
-                "SELU, keras_fanin.Xavier() for "
-                "sigmoid and linear layers.",
+                lambda: (
+                    f"GradientHealth: {kind} gradients at step {step}: the first "
+                    f"layer {first!r} has gradient norm {g_first:.3g}, the last "
+                    f"layer {last!r} {g_last:.3g} (ratio {ratio:.3g}). Scale each "
+                    "kernel by its fan-in: keras_fanin.He() for ReLU, "
+                    "keras_fanin.LeCun(gain='tanh') for tanh, keras_fanin.LeCun() "
+                    "for SELU, keras_fanin.Xavier() for sigmoid and linear layers."
+                    + _depthwise_note(units)
+                ),
             )
+
+
+def _depthwise_note(units):
+    """A sentence on depthwise kernels, whose fan-in Keras's layout rule (and
+    so an initializer given only the shape) overstates, if a unit has one."""
+    for unit in units:
+        for kernel in layer_kernels(unit.layer):
+            if kernel.argument == "depthwise_initializer":
+                # A separable convolution's depthwise kernel feeds no activation.
+                example = (
+                    "keras_fanin.He()" if kernel.activated else "keras_fanin.LeCun()"
+                )
+                return (
+                    " A depthwise kernel sums one channel over its receptive "
+                    f"field: pass its axes, as in layer {unit.name!r}'s "
+                    f"{try_text(kernel, example)}"
+                    f"{' for ReLU' if kernel.activated else ''} "
+                    "(keras_fanin.check(model) names each layer's fix)."
+                )
+    return ""

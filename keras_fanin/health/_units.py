@@ -104,12 +104,7 @@ def find_units(model, composites=False):
     units, seen, names = [], set(), set()
 
     def visit(container, prefix):
-        layers = (
-            container.layers
-            if isinstance(container, keras.Model)
-            else (sublayers(container))
-        )
-        for layer in layers:
+        for layer in sublayers(container):
             if id(layer) in seen or isinstance(layer, keras.layers.InputLayer):
                 continue
             seen.add(id(layer))
