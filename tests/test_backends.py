@@ -119,8 +119,9 @@ def test_same_numbers_on_every_backend(runs):
             for (_, a), (_, b) in zip(other[tag], series, strict=True):
                 assert a == pytest.approx(b, rel=rel, abs=1e-6), (backend, tag)
                 rel = 1e-4
-    # A second fit() of the same (unbuilt at first) model goes on counting.
-    assert [s for s, _ in reference["grad_norm/sub_a"]] == list(range(6))
+    # The callback moved to another (unbuilt at first) model: the run's step
+    # axis goes on after the first model's 6 steps, through both its fit()s.
+    assert [s for s, _ in reference["grad_norm/sub_a"]] == list(range(6, 12))
 
 
 @pytest.mark.slow
@@ -149,7 +150,11 @@ TEST_FILES = (
     "tests/test_check.py",
     # The step axis and the model's lifecycle across fit() calls (issue 18).
     "tests/test_record.py", "tests/test_custom_steps.py",
+    # Every layer with kernels judged (issue 18); Keras Applications on
+    # TensorFlow only (about 40 s each on JAX).
+    "tests/test_every_layer.py",
 )  # fmt: skip
+DESELECT = "not applications"
 
 
 @pytest.mark.slow
@@ -163,7 +168,7 @@ def test_test_files_pass_on_jax_and_torch(tmp_path):
         log = open(tmp_path / f"{backend}.log", "w+")  # noqa: SIM115 (closed below)
         procs[backend] = (log, subprocess.Popen(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs",
-             *TEST_FILES],
+             "-k", DESELECT, *TEST_FILES],
             stdout=log, stderr=subprocess.STDOUT, text=True, cwd=root,
             env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"},
         ))  # fmt: skip

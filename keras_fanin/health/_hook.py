@@ -12,6 +12,7 @@ raised in the step, else at the model's next `make_train_function()`, which
 Keras calls at the start of every `fit()` and `train_on_batch()`.
 """
 
+import itertools
 from typing import NamedTuple
 
 import keras
@@ -105,6 +106,14 @@ class Watch:
             function = self.functions[active] = self.model.train_function
             self.model.train_function = self.train_function
         return function
+
+    def make_all(self):
+        """Makes the function of every choice now, before `fit()` steps: on
+        JAX, Keras purges the variables during a distributed epoch, and
+        making one then fails. Making costs no tracing (that comes with a
+        function's first call), so only the choices that run are traced."""
+        for active in itertools.product((False, True), repeat=len(self.hooks)):
+            self.function(active)
 
     def _rebuild(self):
         self.functions.clear()

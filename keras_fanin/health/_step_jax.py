@@ -114,13 +114,13 @@ class JaxStepHook(StepHook):
         for hook in hooks:
             hook.set_counter(hook.step)
         plain = (False,) * len(hooks)
-        watch.function(plain)
+        watch.make_all()
 
         def choose(limit):
             phases = [hook.step % hook.every_n for hook in hooks]
             if 0 in phases:
                 active = tuple(phase == 0 for phase in phases)
-                return watch.functions.get(active) or watch.function(active), 1
+                return watch.functions[active], 1
             gap = min(h.every_n - p for h, p in zip(hooks, phases, strict=True))
             return watch.functions[plain], min(limit, gap)
 

@@ -128,11 +128,11 @@ class TFStepHook(StepHook):
             # One function; each hook's counter and tf.cond choose in it.
             return guarded(watch.function((True,) * len(hooks)), watch)
         plain = (False,) * len(hooks)
-        watch.function(plain)  # made now: the steps between logged ones
+        watch.make_all()
 
         def train_function(iterator):
             active = tuple(hook.step % hook.every_n == 0 for hook in hooks)
-            function = watch.functions.get(active) or watch.function(active)
+            function = watch.functions[active]
             try:
                 out = function(iterator)
             except _END_OF_DATA:  # no step ran
