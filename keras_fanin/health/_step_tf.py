@@ -127,7 +127,6 @@ class TFStepHook(StepHook):
         if spe != 1:
             # One function; each hook's counter and tf.cond choose in it.
             return guarded(watch.function((True,) * len(hooks)), watch)
-        plain = (False,) * len(hooks)
         watch.make_all()
 
         def train_function(iterator):
