@@ -31,6 +31,7 @@ import numpy as np
 
 from keras_fanin._fans import layer_kernels, sublayers
 from keras_fanin._gains import calculate_gain, recommended_initializer
+from keras_fanin._numpy import to_numpy
 from keras_fanin._patch import Patches
 from keras_fanin._text import WIDTH, header, json_safe, row, sig3
 from keras_fanin._validation import describe
@@ -546,11 +547,8 @@ def _forward_backward(model, x, recorder):
         outputs, _ = forward(None)
         grads = [None] * len(variables)
         stats = recorder.stats
-    stats = [
-        {name: float(keras.ops.convert_to_numpy(v)) for name, v in call.items()}
-        for call in stats
-    ]
-    grads = [None if g is None else keras.ops.convert_to_numpy(g) for g in grads]
+    stats = [{name: float(to_numpy(v)) for name, v in call.items()} for call in stats]
+    grads = [None if g is None else to_numpy(g) for g in grads]
     return outputs, stats, dict(zip((id(v) for v in variables), grads, strict=True))
 
 
