@@ -330,3 +330,37 @@ def test_a_step_with_its_own_optimizer_numbers_every_fit(tmp_path, data):
     assert int(model.optimizer.iterations) == 0
     # No gradient reaches `model.optimizer`; the forward pass is still seen.
     assert steps(tmp_path, "activation_std/h1") == list(range(0, 14, 2))
+
+
+class CrashAt(keras.callbacks.Callback):
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.seen = at, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.at:
+            raise RuntimeError("preempted")
+
+
+@pytest.mark.parametrize("health_first", [True, False])
+def test_backup_and_restore_resumes_the_step_axis(tmp_path, data, health_first):
+    """The line TensorBoard's reader draws goes through the restart once
+    (tests/test_backup_restore.py checks it through a real server)."""
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+
+    model = mlp()
+    model.compile(keras.optimizers.SGD(0.05), "binary_crossentropy")
+    health = GradientHealth(tmp_path / "logs", every_n_steps=1)
+    restore = keras.callbacks.BackupAndRestore(tmp_path / "backup")
+    order = [health, restore] if health_first else [restore, health]
+    with pytest.raises(RuntimeError, match="preempted"):
+        fit(model, data, [*order, CrashAt(7 + 3)], epochs=3)  # in epoch 1
+    history = fit(model, data, order, epochs=3)
+    assert len(history.history["loss"]) == 2  # resumed at epoch 1
+    reader = plugin_event_accumulator.EventAccumulator(
+        str(tmp_path / "logs" / TRAIN), size_guidance={"tensors": 0}
+    )
+    reader.Reload()
+    assert [e.step for e in reader.Tensors("grad_norm/h1")] == list(range(21))
+    assert [s for s, _ in health.history["grad_norm/h1"]] == list(range(21))
