@@ -1,6 +1,7 @@
 """Helpers shared by the tests: subprocess runner, config round trips, event
 file readers and an independent gradient on every backend."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -18,6 +19,56 @@ def run_python(code, env=None, timeout=240):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url):
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@contextlib.contextmanager
+def tensorboard_server(log_dir, ready, timeout=90):
+    """A real `tensorboard` server on 127.0.0.1 over `log_dir`.
+
+    Yields its root URL once `ready(tags)` holds for the `{run: {tag: ...}}`
+    its scalars plugin serves (or `timeout` seconds passed).
+    """
+    import time
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(log_dir),
+         "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false",
+         "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    root = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert server.poll() is None, "tensorboard exited"
+            try:
+                tags = get_json(f"{root}/data/plugin/scalars/tags")
+            except OSError:
+                tags = {}
+            if ready(tags):
+                break
+            time.sleep(0.5)
+        yield root
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def independent_gradients(model, x, y, loss=None, training=True):

@@ -6,7 +6,6 @@ after the last backup are superseded, not doubled."""
 import os
 import subprocess
 import sys
-import time
 import urllib.parse
 
 import keras
@@ -14,8 +13,7 @@ import numpy as np
 import pytest
 
 from keras_fanin import GradientHealth
-from tests.helpers import TRAIN
-from tests.test_tensorboard_server import free_port, get_json
+from tests.helpers import TRAIN, get_json, tensorboard_server
 
 pytestmark = pytest.mark.slow
 
@@ -114,29 +112,11 @@ def served(tmp_path_factory):
         assert proc.returncode == (3 if step == "crash" else 0), proc.stderr[-3000:]
     runs["processes"] = root / "processes"
 
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(root),
-         "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false",
-         "--reload_interval", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}/data/plugin/scalars"
-    try:
-        deadline, tags = time.monotonic() + 90, {}
-        while time.monotonic() < deadline:
-            assert server.poll() is None, "tensorboard exited"
-            try:
-                tags = get_json(f"{base}/tags")
-            except OSError:
-                tags = {}
-            if all(f"{name}/{TRAIN}" in tags for name in runs):
-                break
-            time.sleep(0.5)
-        yield base, runs
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    def ready(tags):
+        return all(f"{name}/{TRAIN}" in tags for name in runs)
+
+    with tensorboard_server(root, ready) as url:
+        yield f"{url}/data/plugin/scalars", runs
 
 
 @pytest.mark.parametrize(

@@ -365,44 +365,6 @@ class TFGAN(keras.Model):
         }
 
 
-@only_tf
-@pytest.mark.parametrize("probe", [False, True], ids=["step", "probe"])
-def test_tf_guide_simple_train_step(tmp_path, data, probe):
-    x, y, _ = data
-    model = guide_model(TFSimple)
-    model.compile(optimizer="adam", loss="mse", metrics=["mae"])
-    first = first_step(model, x, y)
-    health = GradientHealth(tmp_path, data=(x, y) if probe else None, every_n_steps=1)
-    assert fit(model, x, y, health) == []
-    assert_step_signals(tmp_path, health, model, first)
-    if probe:
-        assert_probe(health, model, (x, y))
-
-
-@only_tf
-def test_tf_guide_lower_level_train_step(tmp_path, data):
-    x, y, _ = data
-    model = guide_model(TFLowerLevel)
-    # We don't pass a loss or metrics here.
-    model.compile(optimizer="adam")
-    first = first_step(model, x, y)
-    health = GradientHealth(tmp_path, every_n_steps=1)
-    assert fit(model, x, y, health) == []
-    assert_step_signals(tmp_path, health, model, first)
-
-
-@only_tf
-def test_tf_guide_sample_weight_train_step(tmp_path, data):
-    x, y, sw = data
-    model = guide_model(TFSampleWeight)
-    model.compile(optimizer="adam", loss="mse", metrics=["mae"])
-    first = first_step(model, x, y, mse_with(sw[:BATCH]))
-    health = GradientHealth(tmp_path, data=(x, y, sw), every_n_steps=1)
-    assert fit(model, x, y, health, sample_weight=sw) == []
-    assert_step_signals(tmp_path, health, model, first)
-    assert_probe(health, model, (x, y, sw), mse_with(sw))
-
-
 def gan_networks(latent_dim):
     """The guide's discriminator and generator, on 8x8 images and narrower."""
     discriminator = keras.Sequential(
@@ -986,11 +948,21 @@ class TorchGAN(keras.Model):
         }
 
 
-@only_torch
+# The TensorFlow and PyTorch guides' first three models take the same test.
+GUIDES = {
+    "tensorflow": (TFSimple, TFLowerLevel, TFSampleWeight),
+    "torch": (TorchSimple, TorchLowerLevel, TorchSampleWeight),
+}
+tf_or_torch = pytest.mark.skipif(
+    BACKEND not in GUIDES, reason="the TensorFlow and PyTorch guides"
+)
+
+
+@tf_or_torch
 @pytest.mark.parametrize("probe", [False, True], ids=["step", "probe"])
-def test_torch_guide_simple_train_step(tmp_path, data, probe):
+def test_guide_simple_train_step(tmp_path, data, probe):
     x, y, _ = data
-    model = guide_model(TorchSimple)
+    model = guide_model(GUIDES[BACKEND][0])
     model.compile(optimizer="adam", loss="mse", metrics=["mae"])
     first = first_step(model, x, y)
     health = GradientHealth(tmp_path, data=(x, y) if probe else None, every_n_steps=1)
@@ -1000,10 +972,10 @@ def test_torch_guide_simple_train_step(tmp_path, data, probe):
         assert_probe(health, model, (x, y))
 
 
-@only_torch
-def test_torch_guide_lower_level_train_step(tmp_path, data):
+@tf_or_torch
+def test_guide_lower_level_train_step(tmp_path, data):
     x, y, _ = data
-    model = guide_model(TorchLowerLevel)
+    model = guide_model(GUIDES[BACKEND][1])
     # We don't pass a loss or metrics here.
     model.compile(optimizer="adam")
     first = first_step(model, x, y)
@@ -1012,10 +984,10 @@ def test_torch_guide_lower_level_train_step(tmp_path, data):
     assert_step_signals(tmp_path, health, model, first)
 
 
-@only_torch
-def test_torch_guide_sample_weight_train_step(tmp_path, data):
+@tf_or_torch
+def test_guide_sample_weight_train_step(tmp_path, data):
     x, y, sw = data
-    model = guide_model(TorchSampleWeight)
+    model = guide_model(GUIDES[BACKEND][2])
     model.compile(optimizer="adam", loss="mse", metrics=["mae"])
     first = first_step(model, x, y, mse_with(sw[:BATCH]))
     health = GradientHealth(tmp_path, data=(x, y, sw), every_n_steps=1)

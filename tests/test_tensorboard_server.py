@@ -1,10 +1,6 @@
 """Starts a real `tensorboard` server on 127.0.0.1 and reads the scalars over HTTP."""
 
-import json
 import re
-import socket
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -15,25 +11,14 @@ import pytest
 
 import keras_fanin
 from keras_fanin._report import report
-from tests.helpers import PROBE, TRAIN, read_scalars
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def get_json(url):
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
+from tests.helpers import PROBE, TRAIN, get_json, read_scalars, tensorboard_server
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A tiny fit() with GradientHealth and a real TensorBoard server on its logs.
 
-    Yields `(port, log_dir, expected scalars per run, scalar tags served)`,
+    Yields `(server URL, log_dir, expected scalars per run, scalar tags served)`,
     once every scalar tag is served; shared by the tests of this module.
     """
     tmp_path = tmp_path_factory.mktemp("served")
@@ -53,34 +38,21 @@ def served(tmp_path_factory):
     model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[health])
     expected = {run: read_scalars(tmp_path, run) for run in (TRAIN, PROBE)}
 
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path),
-         "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}/data/plugin/scalars"
-    try:
-        deadline, served = time.monotonic() + 90, {}
-        while time.monotonic() < deadline:
-            assert server.poll() is None, "tensorboard exited"
-            try:
-                served = get_json(f"{base}/tags")
-            except OSError:
-                served = {}
-            if all(set(served.get(r, {})) == set(expected[r]) for r in expected):
-                break
-            time.sleep(0.5)
-        yield port, tmp_path, expected, served
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    served = {}
+
+    def ready(tags):
+        served.clear()
+        served.update(tags)
+        return all(set(tags.get(r, {})) == set(expected[r]) for r in expected)
+
+    with tensorboard_server(tmp_path, ready) as root:
+        yield root, tmp_path, expected, served
 
 
 @pytest.mark.slow
 def test_scalars_through_tensorboard_http_api(served):
-    port, _, expected, served = served
-    base = f"http://127.0.0.1:{port}/data/plugin/scalars"
+    root, _, expected, served = served
+    base = f"{root}/data/plugin/scalars"
     for run in expected:
         assert set(served.get(run, {})) == set(expected[run]), run
     for run, tag in [
@@ -94,7 +66,7 @@ def test_scalars_through_tensorboard_http_api(served):
             (step, pytest.approx(value, rel=1e-6)) for step, value in expected[run][tag]
         ]
     tags = set(served[TRAIN]) | set(served[PROBE])
-    layout = get_json(f"http://127.0.0.1:{port}/data/plugin/custom_scalars/layout")
+    layout = get_json(f"{root}/data/plugin/custom_scalars/layout")
     charts = layout["category"][0]["chart"]
     assert {c["title"] for c in charts} == {
         "grad_norm", "update_ratio", "weight_norm", "activation_std",
@@ -114,8 +86,8 @@ def test_scalars_through_tensorboard_http_api(served):
 
 @pytest.mark.slow
 def test_gradient_flow_picture_in_the_images_tab(served):
-    port, log_dir, _, _ = served
-    base = f"http://127.0.0.1:{port}/data/plugin/images"
+    root, log_dir, _, _ = served
+    base = f"{root}/data/plugin/images"
     deadline, tags = time.monotonic() + 30, {}
     while time.monotonic() < deadline:
         tags = get_json(f"{base}/tags")
