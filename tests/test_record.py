@@ -364,3 +364,93 @@ def test_backup_and_restore_resumes_the_step_axis(tmp_path, data, health_first):
     reader.Reload()
     assert [e.step for e in reader.Tensors("grad_norm/h1")] == list(range(21))
     assert [s for s, _ in health.history["grad_norm/h1"]] == list(range(21))
+
+
+def test_two_callbacks_on_one_log_dir_in_one_fit_is_a_clear_error(tmp_path, data):
+    model = mlp()
+    model.compile(keras.optimizers.SGD(0.05), "binary_crossentropy")
+    before = attributes(model)
+    one, two = (GradientHealth(tmp_path, every_n_steps=k) for k in (1, 3))
+    with pytest.raises(ValueError, match="write to the same log_dir"):
+        fit(model, data, [one, two])
+    assert attributes(model) == before
+    fit(model, data, [one])  # alone, it works
+    assert steps(tmp_path) == list(range(7))
+
+
+def test_a_probe_point_at_the_end_of_a_fit_stays(tmp_path, data):
+    model = mlp()
+    model.compile(keras.optimizers.SGD(0.05), "binary_crossentropy")
+    health = GradientHealth(tmp_path, data=data, every_n_steps=1)
+    fit(model, data, [health])
+    fit(model, data, [health])
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+
+    reader = plugin_event_accumulator.EventAccumulator(
+        str(tmp_path / PROBE), size_guidance={"tensors": 0}
+    )
+    reader.Reload()
+    assert [e.step for e in reader.Tensors("probe_loss")] == [0, 7, 14]
+
+
+class BadBatch(keras.utils.PyDataset):
+    """Fails on its third batch."""
+
+    def __init__(self, x, y):
+        super().__init__()
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        if i == 2:
+            raise ValueError("a bad batch")
+        return self.x[i * BATCH : (i + 1) * BATCH], self.y[i * BATCH : (i + 1) * BATCH]
+
+
+def test_a_fit_failing_in_its_data_leaves_a_right_step_axis(tmp_path, data):
+    model = mlp()
+    model.compile(keras.optimizers.SGD(0.05), "binary_crossentropy")
+    before = attributes(model)
+    health = GradientHealth(tmp_path, every_n_steps=1)
+    fit(model, data, [health])  # steps 0..6
+    with pytest.raises(Exception, match="a bad batch"):
+        model.fit(BadBatch(*data), epochs=1, verbose=0, callbacks=[health])
+    if BACKEND == "jax":
+        # Keras's JAX trainer leaves the variables unset after an error in
+        # the data: its next fit() fails, with or without GradientHealth,
+        # after the model's wrappers are taken off.
+        with pytest.raises(TypeError):
+            fit(model, data, [health])
+        assert attributes(model) == before
+        return
+    fit(model, data, [health])
+    assert attributes(model) == before
+    logged = steps(tmp_path)
+    assert logged == sorted(set(logged)) and logged[:7] == list(range(7))
+    # The bad fit's steps that ran (how many batches a backend's loader
+    # fetches ahead before the error reaches fit() varies).
+    assert len(logged) - 7 - 7 in (0, 1, 2)
+    assert logged[-7:] == list(range(logged[-7], logged[-7] + 7))
+
+
+@pytest.mark.parametrize("health_first", [True, False])
+def test_a_batch_level_backup_in_the_first_epoch_supersedes(
+    tmp_path, data, health_first
+):
+    model = mlp()
+    model.compile(keras.optimizers.SGD(0.05), "binary_crossentropy")
+    health = GradientHealth(tmp_path / "logs", every_n_steps=1)
+    restore = keras.callbacks.BackupAndRestore(tmp_path / "backup", save_freq=2)
+    order = [health, restore] if health_first else [restore, health]
+    with pytest.raises(RuntimeError, match="preempted"):
+        fit(model, data, [*order, CrashAt(3)], epochs=2)  # in epoch 0
+    fit(model, data, order, epochs=2)  # epoch 0 again, from the backup
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+
+    reader = plugin_event_accumulator.EventAccumulator(
+        str(tmp_path / "logs" / TRAIN), size_guidance={"tensors": 0}
+    )
+    reader.Reload()
+    assert [e.step for e in reader.Tensors("grad_norm/h1")] == list(range(14))

@@ -15,7 +15,7 @@ from keras_fanin._validation import check_positive_finite, check_positive_int
 from keras_fanin.health._advice import Advisor
 from keras_fanin.health._layout import SIGNALS, Layout
 from keras_fanin.health._picture import DESCRIPTION, gradient_flow
-from keras_fanin.health._runstate import read_state, write_state
+from keras_fanin.health._runstate import has_events, read_state, write_state
 from keras_fanin.health._tuner import tuner_trial
 from keras_fanin.health._units import find_units
 from keras_fanin.health._writer import EventWriter
@@ -305,7 +305,7 @@ class GradientHealth(keras.callbacks.Callback):
         self._in_fit = False  # between on_train_begin and on_train_end
         self._starting = False  # in fit(), before its first epoch
         self._step = 0  # steps run, as far as the host knows
-        self._fit_start = 0  # the first step of the current fit()
+        self._resumed_at = None  # the step a resumed fit() restarted at
         self._epoch_start = 0
         self._last_batch = None
         self._flushed_through = -1
@@ -349,6 +349,7 @@ class GradientHealth(keras.callbacks.Callback):
         if self._in_fit:
             self._end_abandoned_fit()
         root = self._root_for_fit()
+        self._check_alone_in(root)
         if root != self._root:
             self.close()
             self._root, self._next_step = root, None
@@ -356,7 +357,8 @@ class GradientHealth(keras.callbacks.Callback):
             self._next_step, self._open_epochs = read_state(self._state_dir())
         self._in_fit, self._starting = True, True
         self._fit_epochs = {}
-        self._step = self._fit_start = self._next_step
+        self._step = self._next_step
+        self._resumed_at = None
         if self.every_n_steps is not None:
             self._start_hook()
 
@@ -423,7 +425,14 @@ class GradientHealth(keras.callbacks.Callback):
         start = self._next_step
         resumed = self._open_epochs or {}
         self._open_epochs = None
-        if epoch in resumed and epoch != min(resumed):
+        # A BackupAndRestore in this fit() restarts the epoch it backed up,
+        # the first one too (a batch-level backup); without one, a fit() that
+        # starts again from the first epoch is a new one, appended.
+        restores = self._guarded is not None and any(
+            isinstance(c, keras.callbacks.BackupAndRestore)
+            for c in getattr(self._guarded, "callbacks", ())
+        )
+        if epoch in resumed and (restores or epoch != min(resumed)):
             start = resumed[epoch]
             self._supersede(start)
         self._step = self._epoch_start = start
@@ -446,7 +455,7 @@ class GradientHealth(keras.callbacks.Callback):
                 history[tag] = [(s, v) for s, v in series if s < step]
         if self._probe_last is not None and self._probe_last >= step:
             self._probe_last = None
-        self._fit_start = step
+        self._resumed_at = step
         for run in self._runs():
             writer = self._writer(run)  # it marks the restart at `step`
             if writer is not None:
@@ -516,6 +525,21 @@ class GradientHealth(keras.callbacks.Callback):
             return self.log_dir
         trial_id, execution = trial
         return os.path.join(self.log_dir, trial_id, f"execution{execution}")
+
+    def _check_alone_in(self, root):
+        """Two callbacks of one fit() writing one run would each write the
+        other's steps again: a clear error before any step runs."""
+        for other in getattr(self._guarded, "callbacks", ()):
+            if (
+                other is not self
+                and isinstance(other, GradientHealth)
+                and os.path.abspath(other._root_for_fit()) == os.path.abspath(root)
+            ):
+                raise ValueError(
+                    "Two GradientHealth callbacks in one fit() write to the same "
+                    f"log_dir={self.log_dir!r}: their runs would mix. Give each "
+                    "its own log_dir."
+                )
 
     def _state_dir(self):
         return os.path.join(self._root, RUN_NAME)
@@ -625,6 +649,8 @@ class GradientHealth(keras.callbacks.Callback):
             )
             self._log_warnings(writer, step)
         self._flushed_through = int(steps[new].max())
+        # A step that raised after its row was written was not counted.
+        self._step = max(self._step, self._flushed_through + 1)
         self._picture(TRAIN_RUN, new_rows=len(new))
         if writer is not None:
             writer.flush()
@@ -729,19 +755,25 @@ class GradientHealth(keras.callbacks.Callback):
             return self._writers[run]
         if not _is_chief(self.model):
             return None  # a non-chief worker of a multi-worker strategy
+        path = os.path.join(self._root, run)
         try:
-            writer = EventWriter(os.path.join(self._root, run))
+            fresh = not has_events(path)
+            writer = EventWriter(path)
         except Exception as error:  # noqa: BLE001 - any file-system error
             raise ValueError(
                 f"Argument `log_dir` could not be opened for writing: "
                 f"log_dir={self.log_dir!r} ({type(error).__name__}: "
                 f"{str(error)[:200]})"
             ) from None
-        # Each event file starts with a restart mark at its fit()'s first
-        # step: TensorBoard drops what it read at that step and after. A
-        # run's first mark only starts it; a resumed fit()'s mark supersedes
-        # what the interrupted one logged past its backup.
-        writer.write_restart(self._fit_start)
+        # TensorBoard's reader takes a run's first session-log START as its
+        # start and any later one as a restart, dropping what it read at that
+        # step and after: a run's first file starts with one, and a resumed
+        # fit()'s file supersedes with one what the interrupted fit() logged
+        # past its backup. An appending fit() writes none (its steps are new).
+        if fresh:
+            writer.write_restart(0)
+        elif self._resumed_at is not None:
+            writer.write_restart(self._resumed_at)
         self._writers[run] = writer
         return writer
 

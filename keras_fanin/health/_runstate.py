@@ -54,6 +54,12 @@ def write_state(root, next_step, open_epochs):
     os.replace(temporary, path)
 
 
+def has_events(run_dir):
+    """Whether a run directory already holds event files."""
+    fs = gfile()
+    return fs.isdir(run_dir) and any("tfevents" in n for n in fs.listdir(run_dir))
+
+
 def _newest_step(fs, root):
     """The largest step in each run's newest event file that has one."""
     from tensorboard.backend.event_processing import event_file_loader
