@@ -422,7 +422,7 @@ def test_a_fit_failing_in_its_data_leaves_a_right_step_axis(tmp_path, data):
         # the data: its next fit() fails, with or without GradientHealth,
         # after the model's wrappers are taken off.
         with pytest.raises(TypeError):
-            fit(model, data, [health])
+            fit(model, data, [])
         assert attributes(model) == before
         return
     fit(model, data, [health])
