@@ -454,3 +454,17 @@ def test_a_batch_level_backup_in_the_first_epoch_supersedes(
     )
     reader.Reload()
     assert [e.step for e in reader.Tensors("grad_norm/h1")] == list(range(14))
+
+
+def test_a_new_probe_callback_on_the_same_log_dir_writes_no_step_twice(tmp_path, data):
+    model = mlp()
+    model.compile(keras.optimizers.SGD(0.05), "binary_crossentropy")
+    for _ in range(2):  # as a second process would, with a new callback
+        fit(model, data, [GradientHealth(tmp_path, data=data, every_n_steps=2)])
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+
+    reader = plugin_event_accumulator.EventAccumulator(
+        str(tmp_path / PROBE), size_guidance={"tensors": 0}
+    )
+    reader.Reload()
+    assert [e.step for e in reader.Tensors("probe_loss")] == [0, 7, 14]

@@ -354,7 +354,11 @@ class GradientHealth(keras.callbacks.Callback):
             self.close()
             self._root, self._next_step = root, None
         if self._next_step is None:
-            self._next_step, self._open_epochs = read_state(self._state_dir())
+            self._next_step, self._open_epochs, probe_last = read_state(
+                self._state_dir()
+            )
+            if self._probe_last is None:
+                self._probe_last = probe_last
         self._in_fit, self._starting = True, True
         self._fit_epochs = {}
         self._step = self._next_step
@@ -553,7 +557,10 @@ class GradientHealth(keras.callbacks.Callback):
             return
         next_step = max(self._next_step, self._step, self._flushed_through + 1)
         write_state(
-            self._state_dir(), next_step, self._fit_epochs if self._in_fit else None
+            self._state_dir(),
+            next_step,
+            self._fit_epochs if self._in_fit else None,
+            self._probe_last,
         )
 
     # -- the real step -------------------------------------------------------

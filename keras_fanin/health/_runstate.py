@@ -3,7 +3,8 @@
 Every `fit()` appends its steps after the last one already in the run, also
 from a new process or a new callback on the same `log_dir`. The callback
 keeps `<log_dir>/gradient_health/steps.json` up to date: the next step
-number, and while a `fit()` runs, the step at which each of its epochs began.
+number, the step of the last probe measurement, and while a `fit()` runs,
+the step at which each of its epochs began.
 A `fit()` that resumes one that did not end (`BackupAndRestore`) starts at
 the step where its first epoch began before. Logs written before this file
 existed give their newest step from the event files themselves.
@@ -19,8 +20,10 @@ RUNS = ("train", "probe")
 
 
 def read_state(root):
-    """`(next_step, open_epochs)` of the run under `root` (`{epoch: step}` of
-    a fit() that did not end, or None); `(0, None)` for a new one."""
+    """`(next_step, open_epochs, probe_last)` of the run under `root`:
+    `open_epochs` is `{epoch: step}` of a fit() that did not end (or None),
+    `probe_last` the step of the last probe measurement (or None); `(0, None,
+    None)` for a new run."""
     fs = gfile()
     path = os.path.join(root, STATE_FILE)
     try:
@@ -30,18 +33,22 @@ def read_state(root):
             open_epochs = state.get("open")
             if open_epochs is not None:
                 open_epochs = {int(k): int(v) for k, v in open_epochs.items()}
-            return int(state["next_step"]), open_epochs
+            probe_last = state.get("probe_last")
+            probe_last = None if probe_last is None else int(probe_last)
+            return int(state["next_step"]), open_epochs, probe_last
     except (ValueError, KeyError, TypeError, OSError):
         pass  # unreadable: fall back on the event files
-    return _newest_step(fs, root) + 1, None
+    return _newest_step(fs, root) + 1, None, None
 
 
-def write_state(root, next_step, open_epochs):
+def write_state(root, next_step, open_epochs, probe_last=None):
     fs = gfile()
     fs.makedirs(root)
     state = {"next_step": int(next_step)}
     if open_epochs is not None:
         state["open"] = {str(k): int(v) for k, v in open_epochs.items()}
+    if probe_last is not None:
+        state["probe_last"] = int(probe_last)
     path = os.path.join(root, STATE_FILE)
     if "://" in path:
         with fs.GFile(path, "w") as f:
