@@ -468,3 +468,25 @@ def test_a_new_probe_callback_on_the_same_log_dir_writes_no_step_twice(tmp_path,
     )
     reader.Reload()
     assert [e.step for e in reader.Tensors("probe_loss")] == [0, 7, 14]
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="torch's step runs eagerly")
+def test_a_later_fit_reuses_the_traced_functions(tmp_path, data):
+    model = mlp()
+    optimizer = keras.optimizers.SGD(0.05)
+    model.compile(optimizer, "binary_crossentropy")
+    health = GradientHealth(tmp_path, every_n_steps=3)
+    fit(model, data, [health])
+    traced = health._hook.traces
+    assert traced == 2  # Keras's own step and the logged one
+    for _ in range(3):
+        fit(model, data, [health])
+    assert health._hook.traces == traced
+    assert steps(tmp_path) == list(range(0, 28, 3))
+    # A compile() makes them anew (same optimizer, another loss).
+    hook = health._hook
+    model.compile(optimizer, "mse")
+    fit(model, data, [health])
+    before = traced if health._hook is hook else 0  # JAX makes a new hook
+    assert health._hook.traces - before == 2
+    assert steps(tmp_path) == list(range(0, 35, 3))

@@ -92,8 +92,18 @@ class Watch:
             self.remove(hook)
 
     def function(self, active):
-        """Keras's train function around the step with `active` hooks logging."""
+        """Keras's train function around the step with `active` hooks logging.
+
+        Kept by the first hook across `fit()` calls, keyed by what it was made
+        from: a later `fit()` of the same compiled model runs the functions
+        already traced, as Keras's own `fit()` does, instead of tracing anew.
+        """
         function = self.functions.get(active)
+        if function is not None:
+            return function
+        key = (active, self._made_from())
+        made = self.hooks[0].made
+        function = made.get(key)
         if function is None:
             step = self.step
             for hook, logs in zip(self.hooks, active, strict=True):
@@ -103,9 +113,27 @@ class Watch:
                 self.make(force=True)
             finally:
                 object.__setattr__(self.model, "train_step", self.step)
-            function = self.functions[active] = self.model.train_function
-            self.model.train_function = self.train_function
+            function = made[key] = self.model.train_function
+        self.functions[active] = function
+        self.model.train_function = self.train_function
         return function
+
+    def _made_from(self):
+        """What a made train function depends on: the hooks, the model's own
+        step, its compilation (a `compile()` makes a new loss tracker) and
+        the variables it trains."""
+        model = self.model
+        metrics = model.metrics
+        return (
+            tuple(id(hook) for hook in self.hooks),
+            id(getattr(self.step, "__func__", self.step)),
+            id(model.optimizer),
+            id(metrics[0]) if metrics else None,
+            int(getattr(model, "steps_per_execution", 1) or 1),
+            repr(getattr(model, "jit_compile", None)),
+            bool(getattr(model, "run_eagerly", False)),
+            tuple(id(v) for v in model.trainable_variables),
+        )
 
     def make_all(self):
         """Makes the function of every choice now, before `fit()` steps: on
@@ -150,6 +178,7 @@ class StepHook:
         self.traces = 0  # train_step traces, for tests of retracing
         self.applied = False  # whether the step reached the optimizer
         self.watch = None
+        self.made = {}  # train functions made with this hook first, kept
         self.on_abort = None  # called when the watch ends a fit() early
         # `(key, message)`: a signal the step cannot give (the callback's
         # advisor warns once and logs it).
