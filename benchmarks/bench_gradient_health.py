@@ -17,8 +17,10 @@ configuration's epoch time over the same round's fit without callbacks:
   its logs: the floor for what watching the step can cost.
 
 Then: the cost of a logged step against depth (MLPs of 10, 50 and 100 layers),
-the number of traces of the train step, and the process's memory over 5000
-logged steps.
+the number of traces of the train step, the process's memory over 5000
+logged steps, and the cost of a loop of short fits (`--parts fits`: 10 x
+`fit(epochs=1)` of a 21-layer MLP, the first one's compile and traces
+included, with GradientHealth at its defaults and without).
 
     python benchmarks/bench_gradient_health.py            # full run (~15 min)
     python benchmarks/bench_gradient_health.py --quick    # a smoke run
@@ -57,8 +59,8 @@ def _args(argv=None):
     )
     parser.add_argument(
         "--parts",
-        default="compare,depth,memory",
-        help="comma-separated subset of compare,depth,memory",
+        default="compare,depth,memory,fits",
+        help="comma-separated subset of compare,depth,memory,fits",
     )
     return parser.parse_args(argv)
 
@@ -332,6 +334,33 @@ def memory(steps, log_root):
           + " ".join(f"{m:.0f}" for m in rss.samples))  # fmt: skip
 
 
+def short_fits(rounds, log_root, fits=10):
+    """A loop of short fits (notebooks, KerasTuner, folds): 10 x fit(epochs=1)
+    of one compiled 21-layer MLP, 4 steps each, compile and traces included."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4 * 64, 32)).astype("float32")
+    y = rng.integers(0, 10, size=(4 * 64,))
+    times = {"no callback": [], "GradientHealth defaults": []}
+    for r in range(rounds):
+        kinds = list(times) if r % 2 == 0 else list(reversed(times))
+        for kind in kinds:
+            model = mlp(20, 32, 32)
+            model.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
+            log_dir = os.path.join(log_root, f"fits{r}")
+            cbs = []
+            if kind != "no callback":
+                cbs = [keras_fanin.GradientHealth(log_dir, warn=False)]
+            start = time.perf_counter()
+            for _ in range(fits):
+                model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=cbs)
+            times[kind].append(time.perf_counter() - start)
+    plain = statistics.median(times["no callback"])
+    print(f"\n{fits} x fit(epochs=1), 21-layer MLP (median of {rounds} rounds):")
+    for kind, values in times.items():
+        seconds = statistics.median(values)
+        print(f"  {kind:26s} {seconds:6.2f} s  {seconds / plain:5.2f}x")
+
+
 def main():
     args = ARGS
     rounds = 1 if args.quick else args.rounds
@@ -343,6 +372,8 @@ def main():
             depth_cost(10 if args.quick else 50, log_root, 1 if args.quick else 3)
         if "memory" in parts:
             memory(1000 if args.quick else 5000, os.path.join(log_root, "memory"))
+        if "fits" in parts:
+            short_fits(1 if args.quick else args.rounds, log_root)
 
 
 if __name__ == "__main__":
