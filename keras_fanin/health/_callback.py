@@ -389,6 +389,7 @@ class GradientHealth(keras.callbacks.Callback):
                 self.stop_on_nonfinite and self._nonfinite_now()
             ):
                 self._flush()
+                self._save_state()
         else:
             self._last_batch = batch
         if self._probe is not None:
@@ -661,7 +662,6 @@ class GradientHealth(keras.callbacks.Callback):
         self._picture(TRAIN_RUN, new_rows=len(new))
         if writer is not None:
             writer.flush()
-        self._save_state()
         if stop:
             self.model.stop_training = True
 

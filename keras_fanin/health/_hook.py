@@ -74,7 +74,11 @@ class Watch:
         self.hooks.remove(hook)
         hook.restore_wrappers()
         if self.hooks:
-            self._rebuild()
+            # Made again only if a step runs: a hook goes at the end of its
+            # fit(), when the others go too (an abort in a distributed JAX
+            # epoch could not make them then).
+            self.functions.clear()
+            self.train_function = self.model.train_function = self._remade
             return
         self._patches.restore()
         self.functions.clear()
@@ -143,6 +147,10 @@ class Watch:
         for active in itertools.product((False, True), repeat=len(self.hooks)):
             self.function(active)
 
+    def _remade(self, *args):
+        self._rebuild()
+        return self.train_function(*args)
+
     def _rebuild(self):
         self.functions.clear()
         self.train_function = type(self.hooks[0]).train_function_for(self)
@@ -156,6 +164,22 @@ class Watch:
 
 
 _watches = {}  # id(model) -> its Watch while hooks are on it
+
+
+def guarded(function, watch, end_of_data=(StopIteration,)):
+    """`function` (a train function), ending the watch's fit() when it raises
+    anything but `end_of_data` (the data ran out: no step ran)."""
+
+    def train_function(*args):
+        try:
+            return function(*args)
+        except end_of_data:
+            raise
+        except BaseException:
+            watch.abort()
+            raise
+
+    return train_function
 
 
 class StepHook:

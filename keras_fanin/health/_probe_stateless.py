@@ -69,7 +69,7 @@ class StatelessProbe(ProbeBase):
                 sample_weight=sample_weight, training=self.training,
             )  # fmt: skip
         else:  # activations only; no gradient is read
-            loss = keras.ops.sum(keras.ops.zeros(()))
+            loss = keras.ops.zeros(())
         values = {}
         for unit in self.units:
             out = first_float(capture.outputs.get(unit.index))

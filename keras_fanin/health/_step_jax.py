@@ -39,7 +39,7 @@ import numpy as np
 from keras_fanin._numpy import to_numpy
 from keras_fanin.health import _stats
 from keras_fanin.health._advice import GradientHealthWarning
-from keras_fanin.health._hook import StepHook
+from keras_fanin.health._hook import StepHook, guarded
 from keras_fanin.health._units import activation_signal, first_float
 
 _NAMES = ("gradient_health_step", "gradient_health_steps", "gradient_health_rows")
@@ -153,16 +153,7 @@ class JaxStepHook(StepHook):
                     break
             return out
 
-        def train_function(state, iterator):
-            try:
-                return run(state, iterator)
-            except StopIteration:
-                raise
-            except BaseException:
-                watch.abort()
-                raise
-
-        return train_function
+        return guarded(run, watch)
 
     # -- in the step -------------------------------------------------------------
 

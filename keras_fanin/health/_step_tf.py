@@ -41,27 +41,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fanin.health import _stats
-from keras_fanin.health._hook import StepHook
+from keras_fanin.health._hook import StepHook, guarded
 from keras_fanin.health._units import first_float
 
 # What Keras's train function raises at the end of the data: no step ran.
 _END_OF_DATA = (StopIteration, tf.errors.OutOfRangeError)
-
-
-def guarded(function, watch):
-    """`function`, ending the watch's fit() when it raises (not at the end
-    of the data)."""
-
-    def train_function(iterator):
-        try:
-            return function(iterator)
-        except _END_OF_DATA:
-            raise
-        except BaseException:
-            watch.abort()
-            raise
-
-    return train_function
 
 
 def _local(variable_factory, strategy):
@@ -126,24 +110,18 @@ class TFStepHook(StepHook):
             hook.set_counter(hook.step)  # in this fit()'s meaning
         if spe != 1:
             # One function; each hook's counter and tf.cond choose in it.
-            return guarded(watch.function((True,) * len(hooks)), watch)
+            function = watch.function((True,) * len(hooks))
+            return guarded(function, watch, _END_OF_DATA)
         watch.make_all()
 
         def train_function(iterator):
             active = tuple(hook.step % hook.every_n == 0 for hook in hooks)
-            function = watch.functions[active]
-            try:
-                out = function(iterator)
-            except _END_OF_DATA:  # no step ran
-                raise
-            except BaseException:
-                watch.abort()
-                raise
+            out = watch.functions[active](iterator)  # at the data's end, raises
             for hook in hooks:
                 hook.step += 1
             return out
 
-        return train_function
+        return guarded(train_function, watch, _END_OF_DATA)
 
     # -- in the step -------------------------------------------------------------
 
