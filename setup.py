@@ -24,8 +24,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=find_packages(include=["keras_fanin", "keras_fanin.*"]),
-    package_data={"keras_fanin": ["py.typed"]},
+    packages=find_packages(
+        include=["keras_fanin", "keras_fanin.*", "keras_fanin_logs*"]
+    ),
+    package_data={"keras_fanin": ["py.typed"], "keras_fanin_logs": ["py.typed"]},
     install_requires=[
         "keras>=3.15",
         "numpy>=1.26",
@@ -33,7 +35,7 @@ setup(
         # GradientHealth's event files: TFRecord CRCs in C, not pure Python.
         "google-crc32c>=1.5",
     ],
-    entry_points={"console_scripts": ["keras-fanin = keras_fanin._cli:main"]},
+    entry_points={"console_scripts": ["keras-fanin = keras_fanin_logs._cli:main"]},
     extras_require={
         "cpu": [f"tensorflow-cpu>={TENSORFLOW}"],
         "gpu": [f"tensorflow[and-cuda]>={TENSORFLOW}"],

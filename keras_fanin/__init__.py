@@ -17,8 +17,8 @@ from keras_fanin.version import __version__
 
 if TYPE_CHECKING:
     from keras_fanin._check import CheckReport, check
-    from keras_fanin._report import Report, report
     from keras_fanin.health import GradientHealth, GradientHealthWarning
+    from keras_fanin_logs import Report, report
 
 __all__ = [
     "CheckReport",
@@ -47,8 +47,8 @@ _LAZY = {
     "GradientHealthWarning": "keras_fanin.health",
     "check": "keras_fanin._check",
     "CheckReport": "keras_fanin._check",
-    "report": "keras_fanin._report",
-    "Report": "keras_fanin._report",
+    "report": "keras_fanin_logs",
+    "Report": "keras_fanin_logs",
 }
 
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from keras_fanin._cli import main
+from keras_fanin_logs._cli import main
 
 sys.exit(main())

@@ -33,7 +33,6 @@ from keras_fanin._fans import layer_kernels, sublayers
 from keras_fanin._gains import calculate_gain, recommended_initializer
 from keras_fanin._numpy import to_numpy
 from keras_fanin._patch import Patches
-from keras_fanin._text import WIDTH, header, json_safe, row, sig3
 from keras_fanin._validation import describe
 from keras_fanin.health import _stats
 from keras_fanin.health._advice import (
@@ -45,6 +44,7 @@ from keras_fanin.health._advice import (
 )
 from keras_fanin.health._probe_data import shapes
 from keras_fanin.health._units import activation_name, find_units, first_float
+from keras_fanin_logs._text import WIDTH, header, json_safe, row, sig3
 
 # A chain of layers is flagged when the signal's scale drifts beyond this
 # factor (either way) by its last layer, both measured and predicted, and at

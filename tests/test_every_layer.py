@@ -18,9 +18,9 @@ import pytest
 import keras_fanin
 from keras_fanin._check import check
 from keras_fanin._fans import compute_fans, layer_kernels
-from keras_fanin._report import report
 from keras_fanin.health._advice import kernel_advice
 from keras_fanin.health._units import Unit, find_units
+from keras_fanin_logs._report import report
 from tests.helpers import TRAIN, read_scalars
 
 INITIALIZERS = (

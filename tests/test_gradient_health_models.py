@@ -16,7 +16,7 @@ import pytest
 import keras_fanin
 from keras_fanin import GradientHealth, GradientHealthWarning
 from keras_fanin.health import _callback
-from keras_fanin.health._advice import DEAD_WARN_FRACTION
+from keras_fanin_logs.judge import DEAD_WARN_FRACTION
 from tests.helpers import PROBE, grad_norms, read_scalars
 
 FEATURES = 8

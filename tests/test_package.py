@@ -15,11 +15,22 @@ def test_package_uses_public_apis_only():
     private = re.compile(r"\b(keras\.src|tensorflow\.python)\b")
     offenders = [
         str(path.relative_to(ROOT))
-        for folder in ("keras_fanin", "examples", "benchmarks")
+        for folder in ("keras_fanin", "keras_fanin_logs", "examples", "benchmarks")
         for path in (ROOT / folder).rglob("*.py")
         if private.search(path.read_text())
     ]
     assert offenders == []
+
+
+def test_the_log_readers_import_no_backend():
+    """`keras-fanin report` and the thresholds load without keras or a backend."""
+    out = run_python(
+        "import sys\n"
+        "import keras_fanin_logs, keras_fanin_logs.judge, keras_fanin_logs._cli\n"
+        "heavy = ('keras', 'keras_fanin', 'tensorflow', 'jax', 'torch')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))"
+    )
+    assert out.strip() == "[]"
 
 
 def test_import_adds_nothing_beyond_keras():
@@ -28,7 +39,7 @@ def test_import_adds_nothing_beyond_keras():
         "before = set(sys.modules)\n"
         "import keras_fanin\n"
         "added = {m.split('.')[0] for m in set(sys.modules) - before}\n"
-        "print(sorted(added - {'keras_fanin'}))"
+        "print(sorted(added - {'keras_fanin', 'keras_fanin_logs'}))"
     )
     assert out.strip() == "[]"
 

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -14,9 +15,10 @@ import pytest
 from PIL import Image  # a TensorBoard dependency: an independent PNG decoder
 
 import keras_fanin
-from keras_fanin._cli import main
-from keras_fanin._report import report
-from keras_fanin.health._advice import (
+from keras_fanin_logs._cli import main
+from keras_fanin_logs._records import records
+from keras_fanin_logs._report import report
+from keras_fanin_logs.judge import (
     DEAD_WARN_FRACTION,
     DEPTH_RATIO_WARN,
     SATURATED_WARN_FRACTION,
@@ -269,8 +271,14 @@ def test_no_logs_is_a_clear_error(tmp_path, capsys):
     assert main([]) == 2
 
 
+def _console_script():
+    script = pathlib.Path(sys.executable).with_name("keras-fanin")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "keras_fanin"]
+
+
 def test_command_line_on_jax_logs(tmp_path):
-    """`python -m keras_fanin report` in a fresh interpreter, on logs JAX wrote."""
+    """`keras-fanin report` in a fresh process, on logs JAX wrote: it never
+    imports keras or TensorFlow, and prints only its own output."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     train = f"""
 import numpy as np, keras, keras_fanin
@@ -286,12 +294,15 @@ model.fit(x, x[:, :1], batch_size=16, epochs=1, verbose=0, callbacks=[health])
         env={**env, "KERAS_BACKEND": "jax"},
     )  # fmt: skip
     png = tmp_path / "flow.png"
+    # Without TF_CPP_MIN_LOG_LEVEL: TensorFlow's start-up lines would show.
     proc = subprocess.run(
-        [sys.executable, "-m", "keras_fanin", "report", str(tmp_path), "--json",
-         "--png", str(png)],
-        capture_output=True, text=True, timeout=240, env=env,
+        [*_console_script(), "report", str(tmp_path), "--json", "--png", str(png)],
+        capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Only the PNG's legend: no progress line (not a terminal), no TF start-up.
+    assert proc.stderr.startswith(f"wrote {png} "), proc.stderr
+    assert "tensorflow" not in proc.stderr.lower() and "I0000" not in proc.stderr
     data = json.loads(proc.stdout)
     scalars = read_scalars(tmp_path)
     layers = data["runs"][TRAIN]["layers"]
@@ -300,6 +311,53 @@ model.fit(x, x[:, :1], batch_size=16, epochs=1, verbose=0, callbacks=[health])
         assert layer["grad_norm"] == scalars[f"grad_norm/{layer['name']}"][-1][1]
     with Image.open(png) as image:
         assert image.height % 2 == 0
+    # Every module the command imports, from Python's own import log.
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "keras_fanin_logs", "report",
+         str(tmp_path)],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
+    assert "keras_fanin_logs._report" in imported
+    heavy = {
+        m
+        for m in imported
+        if m.split(".")[0] in ("keras", "tensorflow", "jax", "torch", "keras_fanin")
+    }
+    assert not heavy, sorted(heavy)[:10]
+    missing = subprocess.run(
+        [*_console_script(), "report", str(tmp_path / "missing")],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr.count("\n") == 1
+    assert missing.stderr.startswith("keras-fanin report: error: No GradientHealth")
+
+
+def test_a_file_cut_short_or_corrupted_reads_up_to_the_damage(logs, tmp_path):
+    """A run still being written ends in a partial record; a damaged one in a
+    bad CRC: both read every whole record before it, as TensorBoard does."""
+    log_dir, _ = logs
+    (path,) = (log_dir / TRAIN).glob("events.out.tfevents.*")
+    content = path.read_bytes()
+    whole = list(records(content))
+    cut = tmp_path / "cut" / TRAIN
+    cut.mkdir(parents=True)
+    (cut / path.name).write_bytes(content[: len(content) - len(whole[-1]) // 2])
+    assert len(list(records((cut / path.name).read_bytes()))) == len(whole) - 1
+    # TensorBoard's own reader on the same cut file.
+    expected = read_scalars(tmp_path / "cut")
+    shown = report(tmp_path / "cut").runs[TRAIN].history
+    assert set(shown) == set(expected) and expected
+    for tag, points in expected.items():
+        steps, values = shown[tag]
+        assert list(steps) == [s for s, _ in points]
+        assert np.allclose(values, [v for _, v in points], rtol=0, equal_nan=True)
+    damaged = bytearray(content)
+    damaged[len(content) - len(whole[-1]) - 2] ^= 0xFF  # inside the last record
+    assert len(list(records(bytes(damaged)))) == len(whole) - 1
+    assert list(records(content[:11])) == []
 
 
 def test_a_directory_above_several_log_dirs_reports_every_run(logs, tmp_path):

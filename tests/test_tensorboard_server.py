@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import keras_fanin
-from keras_fanin._report import report
+from keras_fanin_logs._report import report
 from tests.helpers import PROBE, TRAIN, get_json, read_scalars, tensorboard_server
 
 

@@ -16,12 +16,12 @@ from keras_fanin._fans import compute_fans, fan_for_mode, layer_kernels
 from keras_fanin._gains import calculate_gain, recommended_initializer
 from keras_fanin._numpy import to_numpy
 from keras_fanin.health._stats import describe_nonfinite
-from keras_fanin.health._units import RELUS
-
-# Documented warning thresholds (see GradientHealth's docstring).
-DEAD_WARN_FRACTION = 0.5
-SATURATED_WARN_FRACTION = 0.5
-DEPTH_RATIO_WARN = 1e3
+from keras_fanin_logs import judge
+from keras_fanin_logs.judge import (  # noqa: F401 - re-exported for check, tests
+    DEAD_WARN_FRACTION,
+    DEPTH_RATIO_WARN,
+    SATURATED_WARN_FRACTION,
+)
 
 
 class GradientHealthWarning(UserWarning):
@@ -157,9 +157,10 @@ class Advisor:
         for unit in units:
             dead = record.get(f"dead_relu_fraction/{unit.name}")
             if (
-                unit.activation in RELUS
-                and dead is not None
-                and dead > DEAD_WARN_FRACTION
+                dead is not None
+                and unit.activation is not None
+                and judge.can_die(unit.activation)
+                and judge.dead(dead)
             ):
                 self._warn(
                     (unit.name, "dead"),
@@ -176,7 +177,7 @@ class Advisor:
                 )
             for kind in ("sigmoid", "tanh"):
                 saturated = record.get(f"saturated_{kind}_fraction/{unit.name}")
-                if saturated is not None and saturated > SATURATED_WARN_FRACTION:
+                if saturated is not None and judge.saturated(saturated):
                     self._warn(
                         (unit.name, kind),
                         lambda unit=unit, kind=kind, saturated=saturated: (
@@ -233,16 +234,12 @@ class Advisor:
             for u in units
             if f"grad_norm/{u.name}" in record and u.has_kernel
         ]
-        # A last layer with no gradient at all (an output weighted 0, a dead
-        # head) says nothing about depth: no ratio is taken.
         if len(norms) < 2 or not all(math.isfinite(v) for _, v in norms):
             return
         (first, g_first), (last, g_last) = norms[0], norms[-1]
-        if g_last <= 0:
-            return
-        ratio = g_first / g_last
-        if ratio < 1 / DEPTH_RATIO_WARN or ratio > DEPTH_RATIO_WARN:
-            kind = "vanishing" if ratio < 1 else "exploding"
+        ratio = float(judge.depth_ratio(g_first, g_last))
+        kind = judge.depth_verdict(ratio)
+        if kind is not None:
             self._warn(
                 ("depth", kind),
                 lambda: (

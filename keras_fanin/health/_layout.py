@@ -7,16 +7,8 @@ train function is traced, so the buffer can be allocated before any model is
 built; the columns actually written are recorded while tracing.
 """
 
-# Signals logged as `<signal>/<layer>`, in chart order.
-SIGNALS = (
-    "grad_norm",
-    "update_ratio",
-    "weight_norm",
-    "activation_std",
-    "dead_relu_fraction",
-    "saturated_sigmoid_fraction",
-    "saturated_tanh_fraction",
-)
+from keras_fanin_logs._signals import SIGNALS
+
 # Per-unit codes of `nonfinite_code`: read by the advice, not logged.
 NONFINITE = ("grad_bad", "weight_bad", "activation_bad")
 UNIT_COLUMNS = SIGNALS + NONFINITE

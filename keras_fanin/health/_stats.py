@@ -7,7 +7,8 @@ same reductions serve the TensorFlow, JAX and torch hooks and the probe.
 import keras
 from keras import ops
 
-from keras_fanin.health._units import LEAKY_RELUS, RELUS, activation_signal, unit_axis
+from keras_fanin.health._units import activation_signal, unit_axis
+from keras_fanin_logs.judge import LEAKY_RELUS, RELUS
 
 
 def _f32(x):

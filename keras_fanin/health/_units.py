@@ -10,12 +10,7 @@ import numpy as np
 
 from keras_fanin._fans import layer_kernels, sublayers
 from keras_fanin._patch import Patches
-
-RELUS = frozenset({"relu", "relu6"})
-# A leaky unit whose input is negative for every example still passes
-# `negative_slope` times the gradient, so it can come back: it is counted with
-# the same rule as a dead ReLU, for comparison, but never called dead.
-LEAKY_RELUS = frozenset({"leaky_relu"})
+from keras_fanin_logs.judge import LEAKY_RELUS, RELUS
 
 
 def activation_name(layer):

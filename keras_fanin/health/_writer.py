@@ -6,6 +6,7 @@ framing as `tensorboard.summary.writer` frames it (the writer TensorBoard
 ships for use without TensorFlow; the CRC here comes from `google-crc32c`, in
 C), and the events `tf.summary.scalar` writes (a float32 scalar tensor with
 the scalars plugin's metadata), read back by TensorBoard's reader as scalars.
+The framing (`keras_fanin_logs._records`) is shared with `report`'s reader.
 Files are opened with `tf.io.gfile` on the TensorFlow backend (so `gs://` and
 other remote paths work) and with TensorBoard's TF-free `gfile` elsewhere
 (local paths, `s3://`, any `fsspec` scheme): JAX and torch need no TensorFlow.
@@ -24,24 +25,9 @@ from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.plugins.text import metadata as text_metadata
 
+from keras_fanin_logs._records import frame
+
 _files_opened = 0
-
-
-def _masked_crc(data):
-    """TFRecord's masked CRC-32C of `data`.
-
-    With `google-crc32c` (C, a dependency) it costs microseconds; TensorBoard's
-    own writer computes it in pure Python, a byte at a time, which costs
-    milliseconds per event of a deep model: most of a flush.
-    """
-    crc = _crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-try:
-    from google_crc32c import value as _crc32c
-except ImportError:  # pragma: no cover - the pure-Python fallback
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c as _crc32c
 
 
 class _RecordFile:
@@ -51,13 +37,7 @@ class _RecordFile:
         self._file = file
 
     def write(self, data):
-        header = struct.pack("<Q", len(data))
-        self._file.write(
-            header
-            + struct.pack("<I", _masked_crc(header))
-            + data
-            + struct.pack("<I", _masked_crc(data))
-        )
+        self._file.write(frame(data))
 
     def flush(self):
         self._file.flush()

@@ -1,10 +1,12 @@
 """`keras_fanin.report`: what GradientHealth logged, read back from its event files.
 
-The event files are streamed once with TensorBoard's own reader
-(`event_file_loader.EventFileLoader`, the loader inside its
-`EventAccumulator`, with the same compatibility migrations): a long run's
-history is kept as float64 arrays rather than one protobuf object per point,
-and a file-by-file count can be shown while a large directory is read.
+The event files are read here, record by record (`_records`), and each
+`Event` is parsed with TensorBoard's generated protobuf classes; neither keras
+nor TensorFlow is imported, so `keras-fanin report` answers a small log
+directory in a fraction of a second. A long run's history is kept as float64
+arrays rather than one protobuf object per point, and a file-by-file count
+can be shown while a large directory is read. The verdicts come from `judge`,
+as the callback's warnings do.
 """
 
 import array
@@ -15,19 +17,21 @@ import os
 import re
 
 import numpy as np
+from tensorboard.compat.proto import event_pb2, types_pb2
 
-from keras_fanin._text import WIDTH, header, json_safe, row, sig3
-from keras_fanin.health._advice import (
-    DEAD_WARN_FRACTION,
-    DEPTH_RATIO_WARN,
-    SATURATED_WARN_FRACTION,
+from keras_fanin_logs import judge
+from keras_fanin_logs._picture import gradient_flow, layer_rows
+from keras_fanin_logs._records import (
+    event_files,
+    is_dir,
+    join,
+    read_bytes,
+    records,
+    walk,
 )
-from keras_fanin.health._layout import SIGNALS
-from keras_fanin.health._picture import FRACTIONS, gradient_flow, layer_rows
-from keras_fanin.health._units import RELUS
+from keras_fanin_logs._signals import FRACTIONS, RUN_NAME, RUNS, SIGNALS
+from keras_fanin_logs._text import WIDTH, header, json_safe, row, sig3
 
-RUN_NAME = "gradient_health"
-RUNS = ("train", "probe")
 NAME_WIDTH = 28
 
 
@@ -183,60 +187,31 @@ def _counter(progress, run, done, total):
     return show
 
 
-def _gfile():
-    from tensorboard.compat import tf
-
-    return tf.io.gfile
-
-
-def _event_files(directory):
-    gfile = _gfile()
-    try:
-        if not gfile.isdir(directory):
-            return []
-        names = gfile.listdir(directory)
-    except Exception:  # noqa: BLE001 - an unreadable or remote path is "none"
-        return []
-    from tensorboard.backend.event_processing import io_wrapper
-
-    files = [
-        os.path.join(directory, n)
-        for n in names
-        if io_wrapper.IsSummaryEventsFile(os.path.join(directory, n))
-    ]
-
-    def order(path):
-        # events.out.tfevents.<time>.<host>.<pid>.<n>.v2: by time, then n.
-        parts = os.path.basename(path).split(".")
-        numbers = [int(p) if p.isdigit() else 0 for p in (parts[3], parts[-2])]
-        return numbers, path
-
-    return sorted(files, key=order)
-
-
 def _find_runs(log_dir):
     """`{run: [event file, ...]}` under `log_dir` or its `gradient_health`.
 
     A directory above several GradientHealth `log_dir`s (as `tensorboard
     --logdir` takes one) gives every run below it, named by its path.
     """
-    for base in (os.path.join(log_dir, RUN_NAME), log_dir):
+    for base in (join(log_dir, RUN_NAME), log_dir):
         runs = {
             f"{RUN_NAME}/{run}": files
             for run in RUNS
-            if (files := _event_files(os.path.join(base, run)))
+            if (files := event_files(join(base, run)))
         }
         if runs:
             return runs
     runs = {}
-    for directory, subdirectories, _ in sorted(os.walk(log_dir)):
+    if not is_dir(log_dir):
+        return runs
+    for directory, subdirectories, _ in sorted(walk(log_dir)):
         subdirectories.sort()
-        if os.path.basename(directory) != RUN_NAME:
+        if os.path.basename(directory.rstrip("/")) != RUN_NAME:
             continue
         subdirectories.clear()  # nothing of ours lies deeper
         prefix = os.path.relpath(directory, log_dir).replace(os.sep, "/")
         for run in RUNS:
-            if files := _event_files(os.path.join(directory, run)):
+            if files := event_files(join(directory, run)):
                 runs[f"{prefix}/{run}"] = files
     return runs
 
@@ -261,11 +236,9 @@ class _RunReader:
         self.warnings = []
 
     def read(self, path, show=None):
-        from tensorboard.backend.event_processing import event_file_loader
-        from tensorboard.compat.proto import types_pb2
-
         events = 0
-        for event in event_file_loader.EventFileLoader(path).Load():
+        for record in records(read_bytes(path)):
+            event = event_pb2.Event.FromString(record)
             events += 1
             if show is not None and events % 5000 == 0:
                 show(events)
@@ -335,21 +308,17 @@ class _RunReader:
             series = history.get(f"{signal}/{name}")
             return float(series[1][-1]) if series is not None else None
 
-        def first_over(signal, threshold):
+        def first_over(signal, judged):
             series = history.get(f"{signal}/{name}")
             if series is None:
                 return None
             steps, values = series
-            with np.errstate(invalid="ignore"):
-                over = (values > threshold) & ~np.isin(steps, bad)
+            over = judged(values) & ~np.isin(steps, bad)
             return int(steps[over].min()) if over.any() else None
 
         saturated = next(
             (f for f in FRACTIONS[1:] if f"{f}/{name}" in history), FRACTIONS[1]
         )
-        # Without the layer table (older logs) a leaky ReLU cannot be told
-        # from a ReLU: both are judged as ReLUs.
-        is_relu = activation is None or activation in RELUS
         nonfinite = [
             series[0][~np.isfinite(series[1])]
             for signal in SIGNALS
@@ -364,11 +333,11 @@ class _RunReader:
             dead_fraction=latest("dead_relu_fraction"),
             saturated_fraction=latest(saturated),
             first_dead_step=(
-                first_over("dead_relu_fraction", DEAD_WARN_FRACTION)
-                if is_relu
+                first_over("dead_relu_fraction", judge.dead)
+                if judge.can_die(activation)
                 else None
             ),
-            first_saturated_step=first_over(saturated, SATURATED_WARN_FRACTION),
+            first_saturated_step=first_over(saturated, judge.saturated),
             first_nonfinite_step=int(nonfinite.min()) if len(nonfinite) else None,
         )
 
@@ -389,13 +358,13 @@ class _RunReader:
         s_first, g_first = history[f"grad_norm/{kernels[0]}"]
         s_last, g_last = history[f"grad_norm/{kernels[-1]}"]
         steps, i, j = np.intersect1d(s_first, s_last, return_indices=True)
-        ok = ~np.isin(steps, bad) & (g_last[j] > 0)
-        steps, ratio = steps[ok], g_first[i][ok] / g_last[j][ok]
+        ratio = judge.depth_ratio(g_first[i], g_last[j])
+        ratio[np.isin(steps, bad)] = np.nan
 
         def first(mask):
             return int(steps[mask].min()) if mask.any() else None
 
-        return first(ratio < 1 / DEPTH_RATIO_WARN), first(ratio > DEPTH_RATIO_WARN)
+        return first(judge.vanishing(ratio)), first(judge.exploding(ratio))
 
 
 def _ndarray(tensor):
@@ -462,8 +431,8 @@ def _format_run(run):
     lines.append(
         _wrap(
             f"update: ||w_after - w_before|| / ||w_before||. crossed at: the first "
-            f"step with a dead-ReLU fraction over {DEAD_WARN_FRACTION:g} or a "
-            f"saturated fraction over {SATURATED_WARN_FRACTION:g}.",
+            f"step with a dead-ReLU fraction over {judge.DEAD_WARN_FRACTION:g} or a "
+            f"saturated fraction over {judge.SATURATED_WARN_FRACTION:g}.",
             "",
             "",
         )
@@ -473,7 +442,7 @@ def _format_run(run):
         if step is not None:
             lines.append(
                 f"{kind} gradients from step {step} (first over last kernel "
-                f"layer's grad norm beyond {DEPTH_RATIO_WARN:g}x)"
+                f"layer's grad norm beyond {judge.DEPTH_RATIO_WARN:g}x)"
             )
     if run.warnings:
         lines.append(f"warnings ({len(run.warnings)}):")

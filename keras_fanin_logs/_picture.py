@@ -17,13 +17,8 @@ import zlib
 
 import numpy as np
 
-from keras_fanin.health._layout import SIGNALS
+from keras_fanin_logs._signals import FRACTIONS, SIGNALS
 
-FRACTIONS = (
-    "dead_relu_fraction",
-    "saturated_sigmoid_fraction",
-    "saturated_tanh_fraction",
-)
 # At most this many step columns: a longer history is binned (equal numbers of
 # logged steps per column), so the PNG stays small on any run length.
 MAX_COLUMNS = 256

@@ -47,7 +47,7 @@ def _progress(line):
 
 
 def _report(args):
-    from keras_fanin._report import report
+    from keras_fanin_logs._report import report
 
     try:
         result = report(args.log_dir, _progress if sys.stderr.isatty() else None)

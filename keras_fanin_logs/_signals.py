@@ -1,0 +1,18 @@
+"""The names GradientHealth logs under: one home for the writer and the readers."""
+
+# `<log_dir>/gradient_health/<run>`: the training steps and the probe.
+RUN_NAME = "gradient_health"
+RUNS = ("train", "probe")
+
+# Signals logged as `<signal>/<layer>`, in chart order.
+SIGNALS = (
+    "grad_norm",
+    "update_ratio",
+    "weight_norm",
+    "activation_std",
+    "dead_relu_fraction",
+    "saturated_sigmoid_fraction",
+    "saturated_tanh_fraction",
+)
+# The per-layer fractions: dead ReLUs, then saturated sigmoid and tanh outputs.
+FRACTIONS = SIGNALS[4:]
