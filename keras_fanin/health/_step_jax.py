@@ -62,9 +62,12 @@ class JaxStepHook(StepHook):
         self.steps = tracker.add_variable(
             (capacity,), keras.initializers.Constant(-1), dtype="int32", name=_NAMES[1]
         )
+        # Zeros, not NaN: under a multi-process distribution JAX checks that
+        # every process places the same initial value, and NaN != NaN. A slot
+        # is read only once a logged step wrote it whole (NaN where unmeasured).
         self.rows = tracker.add_variable(
             (capacity, layout.width),
-            keras.initializers.Constant(np.nan),
+            "zeros",
             dtype="float32",
             name=_NAMES[2],
         )
