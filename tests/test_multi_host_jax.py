@@ -32,7 +32,8 @@ if processes > 1:
     jax.distributed.initialize(f"127.0.0.1:{port}", processes, index,
                                initialization_timeout=60)
 import numpy as np
-if mode == "data":
+sharded = processes > 1 and mode == "data"
+if sharded:
     import tensorflow as tf
 import keras, keras_fanin
 
@@ -59,9 +60,10 @@ elif processes > 1:
         layout_map=layouts, batch_dim_name="batch", auto_shard_dataset=False))
 
 def data():
-    if mode == "data":  # the global batches; Keras shards them per process
+    if sharded:  # the global batches; Keras shards them per process
         return tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
-    return x, y  # every process feeds the whole batch: it holds both shards
+    # Alone, or under ModelParallel: each process holds both batch shards.
+    return x, y
 
 inputs = keras.Input((12,))
 hidden = keras.layers.Dense(16, activation="relu", name="hidden",
@@ -80,13 +82,13 @@ log_dir = os.path.join(os.path.dirname(out), f"logs{index}" if processes > 1 els
 histories = []
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    # Two callbacks, one after the other: the second one's fit() goes on at
-    # the run's next step, which process 1 cannot read on its own disk.
-    for epochs in (2, 1):
+    # With DataParallel, a second callback after the first: its fit() goes
+    # on at the run's next step, which process 1 cannot read on its own disk.
+    for epochs in (2, 1) if mode == "data" else (2,):
         health = keras_fanin.GradientHealth(log_dir, (x[:64], y[:64]),
                                             every_n_steps=3, probe_every_n_steps=2)
         batches = data()
-        kwargs = {} if mode == "data" else {"batch_size": 32, "shuffle": False}
+        kwargs = {} if sharded else {"batch_size": 32, "shuffle": False}
         model.fit(*(batches if isinstance(batches, tuple) else (batches,)),
                   epochs=epochs, verbose=0, callbacks=[health], **kwargs)
         histories.append([health.history, health.probe_history])
@@ -153,10 +155,10 @@ def _assert_same_events(log_dir, reference_dir):
                 assert a == pytest.approx(b, rel=1e-5, abs=1e-9), (run, tag, step)
 
 
-def _assert_only_process_0_writes(tmp_path, out):
+def _assert_only_process_0_writes(tmp_path, out, steps):
     written = tmp_path / "process0" / "logs0" / "gradient_health"
     assert {p.name for p in written.iterdir()} == {"train", "probe", "steps.json"}
-    assert json.loads((written / "steps.json").read_text())["next_step"] == 12
+    assert json.loads((written / "steps.json").read_text())["next_step"] == steps
     assert not (tmp_path / "process1" / "logs1").exists()
     # Both processes measure alike (each could stop training alike); only
     # process 0 warns, as the one-process run does.
@@ -168,7 +170,7 @@ def _assert_only_process_0_writes(tmp_path, out):
 
 def test_data_parallel_over_two_processes_equals_one_process(tmp_path):
     out = _run(tmp_path, "data", devices_per_process=1)
-    _assert_only_process_0_writes(tmp_path, out)
+    _assert_only_process_0_writes(tmp_path, out, steps=12)
     # The second fit() went on at step 8 on both processes.
     history = out["process0"]["histories"][1][0]
     assert [s for s, _ in history["grad_norm/hidden"]] == [9]
@@ -180,7 +182,7 @@ def test_data_parallel_over_two_processes_equals_one_process(tmp_path):
 def test_model_parallel_kernels_split_across_processes_equal_one_device(tmp_path):
     out = _run(tmp_path, "model", devices_per_process=2)
     assert out["process0"]["kernel_split"] and not out["reference"]["kernel_split"]
-    _assert_only_process_0_writes(tmp_path, out)
+    _assert_only_process_0_writes(tmp_path, out, steps=8)
     # grad_norm, weight_norm and update_ratio are the whole variables' (and
     # the activation signals the whole batch's): one device's numbers.
     scalars = read_scalars(tmp_path / "process0" / "logs0", TRAIN)
