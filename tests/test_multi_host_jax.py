@@ -124,18 +124,21 @@ def _run(tmp_path, mode, devices_per_process):
         procs[name] = (log, subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env
         ))  # fmt: skip
+    # A process waiting on a collective the other never enters would hang.
     deadline = time.monotonic() + 240
     failures = {}
     for name, (log, proc) in procs.items():
         try:
             proc.wait(timeout=max(1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            failures[name] = "timed out (killed, with the others)\n"
             for _, other in procs.values():
                 other.kill()
             proc.wait()
         log.close()
         if proc.returncode != 0:
-            failures[name] = (tmp_path / f"{name}.log").read_text()[-3000:]
+            output = (tmp_path / f"{name}.log").read_text()[-3000:]
+            failures[name] = failures.get(name, "") + output
     for _, proc in procs.values():  # killed above, if any ran over
         proc.wait()
     assert not failures, "\n\n".join(f"{n}:\n{o}" for n, o in failures.items())
