@@ -14,7 +14,7 @@ import numpy as np
 from keras_fanin._validation import check_positive_finite, check_positive_int
 from keras_fanin.health._advice import Advisor
 from keras_fanin.health._layout import SIGNALS, Layout
-from keras_fanin.health._runstate import has_events, read_state, write_state
+from keras_fanin.health._runstate import has_events, read_shared_state, write_state
 from keras_fanin.health._tuner import tuner_trial
 from keras_fanin.health._units import find_units
 from keras_fanin.health._writer import EventWriter
@@ -205,6 +205,13 @@ class GradientHealth(keras.callbacks.Callback):
     layer where they appear). While values are non-finite, the dead,
     saturated and depth checks are skipped: they would only restate the NaN.
 
+    Distributed: under `tf.distribute.MirroredStrategy` and JAX's
+    `keras.distribution` (`DataParallel`, `ModelParallel`, one process or
+    several through `jax.distributed`), gradients, updates and weights are
+    those of the global batch and of whole variables (activations too on JAX;
+    under `MirroredStrategy`, the first replica's share). Only one process
+    writes and warns: the chief (TensorFlow), process 0 (JAX).
+
     Examples:
 
     >>> health = keras_fanin.GradientHealth("logs")
@@ -354,11 +361,14 @@ class GradientHealth(keras.callbacks.Callback):
             self.close()
             self._root, self._next_step = root, None
         if self._next_step is None:
-            self._next_step, self._open_epochs, probe_last = read_state(
+            self._next_step, self._open_epochs, probe_last = read_shared_state(
                 self._state_dir()
             )
             if self._probe_last is None:
                 self._probe_last = probe_last
+        # Every process of a multi-process run measures and advises alike
+        # (a stop is taken by all); only the one that writes warns.
+        self._advisor.warn = self.warn and _is_chief(self.model)
         self._in_fit, self._starting = True, True
         self._fit_epochs = {}
         self._step = self._next_step

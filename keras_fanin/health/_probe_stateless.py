@@ -13,8 +13,8 @@ import inspect
 import keras
 import numpy as np
 
-from keras_fanin._numpy import to_numpy
 from keras_fanin.health import _stats
+from keras_fanin.health._hosts import host_value
 from keras_fanin.health._layout import Layout
 from keras_fanin.health._probe_data import ProbeBase
 from keras_fanin.health._units import Capture, find_units, first_float, weight_slots
@@ -137,4 +137,4 @@ class StatelessProbe(ProbeBase):
 
     def _vector(self):
         trainable = [v.value for v in self.model.trainable_variables]
-        return to_numpy(self._fn(trainable, *self._tensors))
+        return host_value(self._fn(trainable, *self._tensors))

@@ -13,6 +13,7 @@ existed give their newest step from the event files themselves.
 import json
 import os
 
+from keras_fanin.health._hosts import from_chief
 from keras_fanin.health._writer import gfile
 
 STATE_FILE = "steps.json"
@@ -39,6 +40,23 @@ def read_state(root):
     except (ValueError, KeyError, TypeError, OSError):
         pass  # unreadable: fall back on the event files
     return _newest_step(fs, root) + 1, None, None
+
+
+def read_shared_state(root):
+    """`read_state` as process 0 reads it, on every process of a multi-process
+    JAX run: they must log the same steps, and another host may not see the
+    file (or see it before process 0 updates it)."""
+
+    def read():
+        next_step, open_epochs, probe_last = read_state(root)
+        if open_epochs is not None:
+            open_epochs = sorted(open_epochs.items())  # JSON keys are strings
+        return next_step, open_epochs, probe_last
+
+    next_step, open_epochs, probe_last = from_chief(read)
+    if open_epochs is not None:
+        open_epochs = {int(k): int(v) for k, v in open_epochs}
+    return next_step, open_epochs, probe_last
 
 
 def write_state(root, next_step, open_epochs, probe_last=None):

@@ -36,10 +36,10 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from keras_fanin._numpy import to_numpy
 from keras_fanin.health import _stats
 from keras_fanin.health._advice import GradientHealthWarning
 from keras_fanin.health._hook import StepHook, guarded
+from keras_fanin.health._hosts import host_value
 from keras_fanin.health._units import activation_signal, first_float
 
 _NAMES = ("gradient_health_step", "gradient_health_steps", "gradient_health_rows")
@@ -62,9 +62,12 @@ class JaxStepHook(StepHook):
         self.steps = tracker.add_variable(
             (capacity,), keras.initializers.Constant(-1), dtype="int32", name=_NAMES[1]
         )
+        # Zeros, not NaN: under a multi-process distribution JAX checks that
+        # every process places the same initial value, and NaN != NaN. A slot
+        # is read only once a logged step wrote it whole (NaN where unmeasured).
         self.rows = tracker.add_variable(
             (capacity, layout.width),
-            keras.initializers.Constant(np.nan),
+            "zeros",
             dtype="float32",
             name=_NAMES[2],
         )
@@ -358,8 +361,8 @@ class JaxStepHook(StepHook):
     # -- on the host (after a state sync) ------------------------------------
 
     def read(self):
-        steps = np.asarray(to_numpy(self.steps)).astype(np.int64)
-        rows = np.asarray(to_numpy(self.rows))
+        steps = host_value(self.steps).astype(np.int64)
+        rows = host_value(self.rows)
         return steps[:-1].copy(), rows[:-1].copy()
 
     def read_counter(self):
