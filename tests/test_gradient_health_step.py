@@ -158,6 +158,14 @@ def test_every_n_steps_and_flushes_keep_each_logged_step_once(
     if BACKEND == "torch" and spe > 1:
         pytest.skip("Keras has no steps_per_execution on torch")
     monkeypatch.setattr(_callback, "FLUSH_ROWS", 4)  # many flushes in one epoch
+    reads = []
+    read = _callback.GradientHealth._flush
+
+    def counted(self):
+        reads.append(self._step)
+        return read(self)
+
+    monkeypatch.setattr(_callback.GradientHealth, "_flush", counted)
     model = mlp()
     model.compile(keras.optimizers.SGD(0.1), "binary_crossentropy",
                   steps_per_execution=spe)  # fmt: skip
@@ -165,6 +173,9 @@ def test_every_n_steps_and_flushes_keep_each_logged_step_once(
     fit(model, data, health, epochs=3)
     steps = [s for s, _ in read_scalars(tmp_path)["grad_norm/h1"]]
     assert steps == list(range(0, 30, 2))
+    # 5 logged steps an epoch: one flush within it (at 4 rows), one at its
+    # end, one at the end of training; not one a step once past 4 rows.
+    assert len(reads) == 3 * 2 + 1, reads
     assert health._hook.traces <= 2  # no retracing after the first step
     # Fits starting between two logged steps: 30 and 32 logged, then none
     # in a one-step fit at 33, and no warning that the step was not seen.

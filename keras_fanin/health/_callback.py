@@ -643,8 +643,10 @@ class GradientHealth(keras.callbacks.Callback):
         hook = self._hook
         self._sync()
         steps, rows = hook.read()
+        # The steps run so far; the epoch still began where it began (a flush
+        # within an epoch moving it would make every later batch look 64
+        # logged steps past the last flush, and flush again).
         self._step = hook.read_counter()
-        self._epoch_start = self._step
         new = np.flatnonzero(steps > self._flushed_through)
         if not len(new):
             return
