@@ -243,6 +243,8 @@ class _RunReader:
             if show is not None and events % 5000 == 0:
                 show(events)
             step = event.step
+            if event.session_log.status == event_pb2.SessionLog.START:
+                self._restart(step)
             for value in event.summary.value:
                 tag, tensor = value.tag, value.tensor
                 if tag == "layers":
@@ -266,6 +268,20 @@ class _RunReader:
                         self.bad_steps.add(step)
         if show is not None:
             show(events)
+
+    def _restart(self, step):
+        """A (re)start at `step` (a `fit()` resumed by `BackupAndRestore`)
+        supersedes what was read at `step` and after, as TensorBoard's reader
+        purges it: the resumed run's points replace them."""
+        for tag, (steps, values) in self.series.items():
+            if any(s >= step for s in steps):
+                keep = [i for i, s in enumerate(steps) if s < step]
+                self.series[tag] = (
+                    array.array("d", (steps[i] for i in keep)),
+                    array.array("d", (values[i] for i in keep)),
+                )
+        self.bad_steps = {s for s in self.bad_steps if s < step}
+        self.warnings = [(s, text) for s, text in self.warnings if s < step]
 
     def _table(self, rows):
         table = {row[0]: (row[1] or None, row[2] == "kernel") for row in rows}

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from keras_fanin import GradientHealth
+from keras_fanin_logs import report
 from tests.helpers import TRAIN, get_json, tensorboard_server
 
 pytestmark = pytest.mark.slow
@@ -145,6 +146,10 @@ def test_the_server_shows_one_line_through_the_restart(served, name):
     if name != "processes":  # os._exit lost what was not flushed
         doubled = len(on_disk) - len(resumed)
         assert doubled == CRASH_AT - 2 * BATCHES
+    # `keras-fanin report` drops the superseded points as the server does.
+    steps, values = report(runs[name]).runs[TRAIN].history["grad_norm/h1"]
+    assert list(steps) == [step for _, step, _ in points]
+    assert list(values) == pytest.approx([v for _, _, v in points], rel=1e-6)
 
 
 def raw_points(run_dir, tag):
