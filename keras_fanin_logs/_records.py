@@ -8,7 +8,9 @@ rather than with TensorBoard's `EventFileLoader`, which imports TensorFlow
 whenever it is installed: seconds of start-up and its C++ log lines.
 
 Local paths are read with `os`; a path with a scheme (`gs://`, `s3://`, an
-`fsspec` protocol) through TensorBoard's TF-free `gfile`.
+`fsspec` protocol) through TensorBoard's TF-free `gfile`, and where that
+lacks the scheme's package (`gcsfs`, `s3fs`) through `tf.io.gfile` if
+TensorFlow is installed: only then is TensorFlow imported.
 """
 
 import os
@@ -67,15 +69,33 @@ def _remote(path):
     return "://" in path
 
 
-def _gfile():
+class RemotePathError(ValueError):
+    """A remote path that no installed file system can read."""
+
+
+def _gfile(path):
+    """A `gfile` module that reads `path`'s scheme."""
     from tensorboard.compat.tensorflow_stub.io import gfile
 
-    return gfile
+    try:
+        gfile.get_filesystem(path)
+        return gfile
+    except ImportError as error:  # fsspec without gcsfs / s3fs
+        import importlib.util
+
+        if importlib.util.find_spec("tensorflow") is None:
+            raise RemotePathError(
+                f"Cannot read {path!r}: {error} (or install TensorFlow, whose "
+                "tf.io.gfile reads it)."
+            ) from None
+    import tensorflow as tf
+
+    return tf.io.gfile
 
 
 def read_bytes(path: str) -> bytes:
     if _remote(path):
-        with _gfile().GFile(path, "rb") as file:
+        with _gfile(path).GFile(path, "rb") as file:
             return file.read()
     with open(path, "rb") as file:
         return file.read()
@@ -83,8 +103,9 @@ def read_bytes(path: str) -> bytes:
 
 def is_dir(path: str) -> bool:
     if _remote(path):
+        fs = _gfile(path)
         try:
-            return _gfile().isdir(path)
+            return fs.isdir(path)
         except Exception:  # noqa: BLE001 - an unreachable remote path is "none"
             return False
     return os.path.isdir(path)
@@ -92,7 +113,7 @@ def is_dir(path: str) -> bool:
 
 def list_dir(path: str) -> list[str]:
     try:
-        return list(_gfile().listdir(path) if _remote(path) else os.listdir(path))
+        return list(_gfile(path).listdir(path) if _remote(path) else os.listdir(path))
     except Exception:  # noqa: BLE001 - unreadable is "nothing to read"
         return []
 
@@ -102,8 +123,9 @@ def walk(path: str):
     if not _remote(path):
         yield from os.walk(path)
         return
+    fs = _gfile(path)
     try:
-        yield from _gfile().walk(path)
+        yield from fs.walk(path)
     except Exception:  # noqa: BLE001
         return
 

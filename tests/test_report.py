@@ -374,3 +374,23 @@ def test_a_directory_above_several_log_dirs_reports_every_run(logs, tmp_path):
             layer.grad_norm for layer in expected.layers
         ]
     assert f"nested/LeCun/{PROBE}" in str(result)
+
+
+def test_a_remote_log_dir_reads_through_fsspec(logs):
+    """A path with a scheme goes through TensorBoard's TF-free `gfile` (here
+    fsspec's in-memory file system, which torch's install brings): the same
+    report as the local copy."""
+    fsspec = pytest.importorskip("fsspec")
+    log_dir, _ = logs
+    memory = fsspec.filesystem("memory")
+    for path in log_dir.rglob("*"):
+        if path.is_file():
+            target = f"/remote_logs/{path.relative_to(log_dir).as_posix()}"
+            memory.pipe(target, path.read_bytes())
+    remote, local = report("memory://remote_logs"), report(log_dir)
+    assert list(remote.runs) == list(local.runs)
+    for name, run in local.runs.items():
+        assert [layer.grad_norm for layer in remote.runs[name].layers] == [
+            layer.grad_norm for layer in run.layers
+        ]
+        assert remote.runs[name].logged_steps == run.logged_steps > 0
