@@ -9,7 +9,7 @@ whenever it is installed: seconds of start-up and its C++ log lines.
 
 Local paths are read with `os`; a path with a scheme (`gs://`, `s3://`, an
 `fsspec` protocol) through TensorBoard's TF-free `gfile`, and where that
-lacks the scheme's package (`gcsfs`, `s3fs`) through `tf.io.gfile` if
+lacks the scheme or its package (`gcsfs`, `s3fs`) through `tf.io.gfile` if
 TensorFlow is installed: only then is TensorFlow imported.
 """
 
@@ -80,7 +80,9 @@ def _gfile(path):
     try:
         gfile.get_filesystem(path)
         return gfile
-    except ImportError as error:  # fsspec without gcsfs / s3fs
+    # fsspec without gcsfs / s3fs (ImportError), or a scheme only TensorFlow
+    # knows, as its in-memory `ram://` (ValueError).
+    except (ImportError, ValueError) as error:
         import importlib.util
 
         if importlib.util.find_spec("tensorflow") is None:
