@@ -275,6 +275,17 @@ def test_probe_and_step_values_after_a_recompile_match_autodiff(tmp_path, data):
     assert os.path.exists(tmp_path / "gradient_health" / "steps.json")
 
 
+def test_logs_without_steps_json_append_after_their_newest_event(tmp_path, data):
+    """Logs written before `steps.json` existed (or with it lost): the next
+    fit() starts after the newest step in the event files."""
+    model = mlp()
+    model.compile(keras.optimizers.SGD(0.05), "binary_crossentropy")
+    fit(model, data, [GradientHealth(tmp_path, every_n_steps=2)])
+    os.remove(tmp_path / "gradient_health" / "steps.json")
+    fit(model, data, [GradientHealth(tmp_path, every_n_steps=2)])
+    assert steps(tmp_path) == [0, 2, 4, 6, 8, 10, 12]  # steps 7-13: every 2nd
+
+
 def test_reading_values_raises_no_numpy_copy_warning(data):
     from keras_fanin._numpy import to_numpy
 

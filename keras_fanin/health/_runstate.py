@@ -13,11 +13,14 @@ existed give their newest step from the event files themselves.
 import json
 import os
 
+from tensorboard.compat.proto import event_pb2
+
 from keras_fanin.health._hosts import from_chief
 from keras_fanin.health._writer import gfile
+from keras_fanin_logs._records import event_files, join, read_bytes, records
+from keras_fanin_logs._signals import RUNS
 
 STATE_FILE = "steps.json"
-RUNS = ("train", "probe")
 
 
 def read_state(root):
@@ -39,7 +42,7 @@ def read_state(root):
             return int(state["next_step"]), open_epochs, probe_last
     except (ValueError, KeyError, TypeError, OSError):
         pass  # unreadable: fall back on the event files
-    return _newest_step(fs, root) + 1, None, None
+    return _newest_step(root) + 1, None, None
 
 
 def read_shared_state(root):
@@ -85,19 +88,19 @@ def has_events(run_dir):
     return fs.isdir(run_dir) and any("tfevents" in n for n in fs.listdir(run_dir))
 
 
-def _newest_step(fs, root):
-    """The largest step in each run's newest event file that has one."""
-    from tensorboard.backend.event_processing import event_file_loader
+def _newest_step(root):
+    """The largest step in each run's newest event file that has one.
 
+    Read with `report`'s reader, which needs no TensorFlow on JAX or torch.
+    """
     newest = -1
     for run in RUNS:
-        directory = os.path.join(root, run)
-        if not fs.isdir(directory):
-            continue
-        names = sorted(n for n in fs.listdir(directory) if "tfevents" in n)
-        for name in reversed(names):
-            loader = event_file_loader.EventFileLoader(os.path.join(directory, name))
-            steps = [e.step for e in loader.Load() if e.HasField("summary")]
+        for path in reversed(event_files(join(root, run))):
+            steps = [
+                event.step
+                for event in map(event_pb2.Event.FromString, records(read_bytes(path)))
+                if event.HasField("summary")
+            ]
             if steps:
                 newest = max(newest, max(steps))
                 break
