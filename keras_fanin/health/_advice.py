@@ -234,9 +234,10 @@ class Advisor:
             for u in units
             if f"grad_norm/{u.name}" in record and u.has_kernel
         ]
-        if len(norms) < 2 or not all(math.isfinite(v) for _, v in norms):
+        if len(norms) < 2:
             return
         (first, g_first), (last, g_last) = norms[0], norms[-1]
+        # NaN (no verdict) where a norm is not finite or the last one is 0.
         ratio = float(judge.depth_ratio(g_first, g_last))
         kind = judge.depth_verdict(ratio)
         if kind is not None:
