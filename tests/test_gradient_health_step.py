@@ -158,12 +158,16 @@ def test_every_n_steps_and_flushes_keep_each_logged_step_once(
     if BACKEND == "torch" and spe > 1:
         pytest.skip("Keras has no steps_per_execution on torch")
     monkeypatch.setattr(_callback, "FLUSH_ROWS", 4)  # many flushes in one epoch
-    reads = []
+    reads, host_reads = [], []
     read = _callback.GradientHealth._flush
 
-    def counted(self):
+    def counted(self, **kwargs):
         reads.append(self._step)
-        return read(self)
+        hook = self._hook
+        if "read" not in vars(hook):  # count the buffer's host reads too
+            rows = hook.read
+            hook.read = lambda: host_reads.append(self._step) or rows()
+        return read(self, **kwargs)
 
     monkeypatch.setattr(_callback.GradientHealth, "_flush", counted)
     model = mlp()
@@ -176,6 +180,10 @@ def test_every_n_steps_and_flushes_keep_each_logged_step_once(
     # 5 logged steps an epoch: one flush within it (at 4 rows), one at its
     # end, one at the end of training; not one a step once past 4 rows.
     assert len(reads) == 3 * 2 + 1, reads
+    # A flush with nothing new reads nothing: the one at the end of training,
+    # and with 3 steps an execution, each epoch's end (the flush at step 9
+    # had every logged step up to it).
+    assert len(host_reads) == (3 * 2 if spe == 1 else 3), host_reads
     assert health._hook.traces <= 2  # no retracing after the first step
     # Fits starting between two logged steps: 30 and 32 logged, then none
     # in a one-step fit at 33, and no warning that the step was not seen.
@@ -184,6 +192,9 @@ def test_every_n_steps_and_flushes_keep_each_logged_step_once(
     assert not fit(model, (x[:BATCH], y[:BATCH]), health)
     steps = [s for s, _ in read_scalars(tmp_path)["grad_norm/h1"]]
     assert steps == list(range(0, 34, 2))
+    # Read once per fit that logged something (the 3-step one), not by the
+    # one-step fit that logged nothing.
+    assert len(host_reads) == (3 * 2 if spe == 1 else 3) + 1, host_reads
     assert health.history["grad_norm/h1"][-1][0] == 32
 
 

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_fanin import GradientHealth, GradientHealthWarning
+from keras_fanin import GradientHealth, GradientHealthWarning, report
 from tests.helpers import PROBE, TRAIN, grad_norms, read_scalars
 
 BACKEND = keras.backend.backend()
@@ -501,3 +501,44 @@ def test_a_later_fit_reuses_the_traced_functions(tmp_path, data):
     before = traced if health._hook is hook else 0  # JAX makes a new hook
     assert health._hook.traces - before == 2
     assert steps(tmp_path) == list(range(0, 35, 3))
+
+
+def test_steps_json_is_rewritten_in_place_and_whole_when_outgrown(tmp_path):
+    from keras_fanin.health._runstate import STATE_FILE, read_state, write_state
+
+    root = tmp_path / "gradient_health"
+    path = root / STATE_FILE
+    write_state(str(root), 5, {0: 0})
+    inode = os.stat(path).st_ino
+    write_state(str(root), 9, {0: 0, 1: 5})
+    assert os.stat(path).st_ino == inode  # rewritten where it was
+    assert read_state(str(root)) == (9, {0: 0, 1: 5}, None)
+    many = {epoch: 10 * epoch for epoch in range(100)}
+    write_state(str(root), 1000, many, probe_last=990)
+    assert read_state(str(root)) == (1000, many, 990)  # outgrown: a new file
+    write_state(str(root), 1001, None)  # shorter: the rest is blank
+    assert read_state(str(root)) == (1001, None, None)
+
+
+def test_pictures_at_the_end_of_fits_keep_to_their_budget(tmp_path, data, monkeypatch):
+    """A loop of short fits does not redraw the picture at every end; the
+    rows it leaves out wait for the next picture."""
+    from keras_fanin.health import _callback
+    from tests.helpers import _accumulator
+
+    def pictures():
+        return [e.step for e in _accumulator(tmp_path, TRAIN).Tensors("gradient_flow")]
+
+    model = mlp()
+    model.compile(keras.optimizers.SGD(0.05), "binary_crossentropy")
+    health = GradientHealth(tmp_path, every_n_steps=1)
+    monkeypatch.setattr(_callback, "PICTURE_BUDGET", 1e9)  # the last is recent
+    for _ in range(3):
+        fit(model, data, [health])
+    assert pictures() == [6]  # the first fit's, at its last step
+    monkeypatch.setattr(_callback, "PICTURE_BUDGET", 0)
+    fit(model, data, [health])
+    assert pictures() == [6, 27]
+    (picture,) = [run.picture() for name, run in report(tmp_path).runs.items()
+                  if name.endswith("train")]  # fmt: skip
+    assert picture.steps == (0, 27, 28)  # every row, those waiting too

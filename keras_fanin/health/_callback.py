@@ -7,6 +7,7 @@ Data flows one way: step hook (or probe) -> on-device statistics -> (flush)
 import inspect
 import os
 import re
+import time
 
 import keras
 import numpy as np
@@ -38,6 +39,10 @@ CHART_PATTERNS = (
 # A gradient-flow picture of `history` every this many logged rows of a run,
 # and one at the end of training: about 12 ms for 30 layers x 1000 steps.
 PICTURE_ROWS = 256
+# At a fit()'s end, a picture is drawn only if the last one ended at least
+# this many times its own drawing time ago: pictures stay under ~2% of a loop
+# of short fits (each drawn one costs 3-10 ms, a short JAX fit 2-3 ms).
+PICTURE_BUDGET = 50
 # Chosen from benchmarks/: a logged step costs up to ~30% of a CPU step on an
 # optimizer-bound MLP, so every 25 steps keeps fit() within about 2%.
 DEFAULT_EVERY_N_STEPS = 25
@@ -318,6 +323,7 @@ class GradientHealth(keras.callbacks.Callback):
         self._flushed_through = -1
         self._probe_last = None
         self._since_picture = {}  # run -> rows logged since its last picture
+        self._pictured = {}  # run -> (when its last picture was done, its cost)
         self._tabled = set()  # runs whose open writer has the layer table
         self._charted = {}  # run -> chart titles in its open writer's layout
         self._guarded = None  # the CallbackList whose exceptions end the fit
@@ -491,7 +497,7 @@ class GradientHealth(keras.callbacks.Callback):
     def _salvage(self):
         """Writes what the step buffer holds, if it can still be read."""
         try:
-            self._flush()
+            self._flush(salvage=True)
         except Exception:  # noqa: BLE001 - a failed step may leave it unreadable
             pass
 
@@ -638,15 +644,22 @@ class GradientHealth(keras.callbacks.Callback):
         self._save_state()
         self.close()
 
-    def _flush(self):
+    def _flush(self, salvage=False):
         """Reads the step buffer once and writes, records and checks its rows."""
         hook = self._hook
         self._sync()
-        steps, rows = hook.read()
         # The steps run so far; the epoch still began where it began (a flush
         # within an epoch moving it would make every later batch look 64
         # logged steps past the last flush, and flush again).
         self._step = hook.read_counter()
+        # Nothing logged since the last flush (a short fit() between logged
+        # steps, the end of a fit() after its last epoch's): no read. After a
+        # step raised, the one at the counter counts too: it may have written
+        # its row before it raised.
+        last = self._step + 1 if salvage else self._step
+        if not self._logged_between(self._flushed_through + 1, last):
+            return
+        steps, rows = hook.read()
         new = np.flatnonzero(steps > self._flushed_through)
         if not len(new):
             return
@@ -750,7 +763,23 @@ class GradientHealth(keras.callbacks.Callback):
         self._since_picture[run] = rows
         if not rows or (rows < PICTURE_ROWS and not force):
             return
+        drawn = self._pictured.get(run)
+        if rows < PICTURE_ROWS and drawn is not None:
+            # At a fit()'s end: not again while the last one is recent next
+            # to what it cost, or a loop of short fits would spend more time
+            # drawing than training; its rows wait for the next picture.
+            end, cost = drawn
+            if time.perf_counter() - end < PICTURE_BUDGET * cost:
+                return
         self._since_picture[run] = 0
+        start = time.perf_counter()
+        try:
+            self._draw_picture(run)
+        finally:
+            end = time.perf_counter()
+            self._pictured[run] = (end, end - start)
+
+    def _draw_picture(self, run):
         writer = self._writer(run)
         if writer is None:
             return

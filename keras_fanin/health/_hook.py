@@ -95,7 +95,7 @@ class Watch:
         for hook in reversed(list(self.hooks)):
             self.remove(hook)
 
-    def function(self, active):
+    def function(self, active, made_from=None):
         """Keras's train function around the step with `active` hooks logging.
 
         Kept by the first hook across `fit()` calls, keyed by what it was made
@@ -105,7 +105,7 @@ class Watch:
         function = self.functions.get(active)
         if function is not None:
             return function
-        key = (active, self._made_from())
+        key = (active, made_from or self._made_from())
         made = self.hooks[0].made
         function = made.get(key)
         if function is None:
@@ -144,8 +144,9 @@ class Watch:
         JAX, Keras purges the variables during a distributed epoch, and
         making one then fails. Making costs no tracing (that comes with a
         function's first call), so only the choices that run are traced."""
+        made_from = self._made_from()
         for active in itertools.product((False, True), repeat=len(self.hooks)):
-            self.function(active)
+            self.function(active, made_from)
 
     def _remade(self, *args):
         self._rebuild()

@@ -63,23 +63,47 @@ def read_shared_state(root):
 
 
 def write_state(root, next_step, open_epochs, probe_last=None):
-    fs = gfile()
-    fs.makedirs(root)
     state = {"next_step": int(next_step)}
     if open_epochs is not None:
         state["open"] = {str(k): int(v) for k, v in open_epochs.items()}
     if probe_last is not None:
         state["probe_last"] = int(probe_last)
+    data = json.dumps(state).encode()
     path = os.path.join(root, STATE_FILE)
     if "://" in path:
+        fs = gfile()
+        fs.makedirs(root)
         with fs.GFile(path, "w") as f:
-            f.write(json.dumps(state))
+            f.write(data.decode())
         return
-    # Written whole, then renamed: a crash leaves the old file or the new one.
+    # A fit() writes this a few times; replacing or truncating a file frees
+    # its blocks, which on a disk mounted with `discard` costs a synchronous
+    # TRIM (0.2 ms each, about a tenth of a short JAX fit). So the file is
+    # overwritten in place, padded with spaces JSON ignores, in one write (a
+    # write torn by a crash reads as unreadable: the event files say where
+    # the run stands, as for logs without this file).
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        fd = None
+    if fd is not None:
+        try:
+            size = os.fstat(fd).st_size
+            if len(data) <= size:
+                os.pwrite(fd, data.ljust(size), 0)
+                return
+        finally:
+            os.close(fd)
+    # New, or outgrown: written whole with room to spare, then renamed, so a
+    # crash leaves the old file or the new one.
+    os.makedirs(root, exist_ok=True)
     temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w") as f:
-        f.write(json.dumps(state))
+    with open(temporary, "wb") as f:
+        f.write(data.ljust(max(_PADDED, 2 * len(data))))
     os.replace(temporary, path)
+
+
+_PADDED = 256
 
 
 def has_events(run_dir):
