@@ -392,8 +392,9 @@ def short_fits(rounds, log_root, fits=10):
     base, base_rest = (statistics.median(t[kinds[0]]) for t in (times, later))
     for kind in kinds:
         whole, rest = statistics.median(times[kind]), statistics.median(later[kind])
+        each = rest / (fits - 1) * 1e3
         print(f"  {kind:26s} {whole:6.2f} s {whole / base:5.2f}x   "
-              f"{rest / (fits - 1) * 1e3:6.2f} ms {rest / base_rest:5.2f}x")  # fmt: skip
+              f"{each:6.2f} ms {rest / base_rest:5.2f}x")  # fmt: skip
 
 
 def main():
