@@ -239,23 +239,29 @@ def test_png_has_a_band_per_layer(logs, tmp_path, capsys):
     with Image.open(path) as image:
         assert image.format == "PNG" and image.mode == "RGB"
         pixels = np.asarray(image)
-    height = pixels.shape[0]
-    assert height % len(LAYERS) == 0 and height >= 4 * len(LAYERS)
-    bands = pixels.reshape(len(LAYERS), height // len(LAYERS), *pixels.shape[1:])
-    assert (bands == bands[:, :1]).all()  # each layer one band of rows
+    picture = report(log_dir).picture()
+    np.testing.assert_array_equal(pixels, picture.rgb)
+    assert picture.layers == LAYERS and picture.row_height >= 4
+    # Each layer one band of rows in both panels.
+    panels = [
+        pixels[top:bottom, left:right] for top, left, bottom, right in picture.panels
+    ]
+    for panel in panels:
+        bands = panel.reshape(len(LAYERS), picture.row_height, *panel.shape[1:])
+        assert (bands == bands[:, :1]).all()
     # Left panel, last column: brightness grows with the layer's last grad
     # norm (viridis); the layers without gradient (0) are the darkest.
     scalars = read_scalars(log_dir, TRAIN)
     norms = [scalars[f"grad_norm/{name}"][-1][1] for name in LAYERS]
-    half = (pixels.shape[1] - 4) // 2
-    brightness = bands[:, 0, half - 1].astype(int).sum(axis=1)
+    last = [pixels[picture.cell(0, row, -1)[:2]] for row in range(len(LAYERS))]
+    brightness = np.array(last).astype(int).sum(axis=1)
     assert (
         np.argsort(brightness, kind="stable").tolist()
         == np.argsort(norms, kind="stable").tolist()
     )
     # Right panel: the dead layer is the brightest stripe.
-    right = bands[:, 0, -1].astype(int).sum(axis=1)
-    assert right.argmax() == LAYERS.index(LONG)
+    last = [pixels[picture.cell(1, row, -1)[:2]] for row in range(len(LAYERS))]
+    assert np.array(last).astype(int).sum(axis=1).argmax() == LAYERS.index(LONG)
 
 
 def test_no_logs_is_a_clear_error(tmp_path, capsys):
@@ -310,7 +316,7 @@ model.fit(x, x[:, :1], batch_size=16, epochs=1, verbose=0, callbacks=[health])
     for layer in layers:
         assert layer["grad_norm"] == scalars[f"grad_norm/{layer['name']}"][-1][1]
     with Image.open(png) as image:
-        assert image.height % 2 == 0
+        np.testing.assert_array_equal(np.asarray(image), report(tmp_path).picture().rgb)
     # Every module the command imports, from Python's own import log.
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "keras_fanin_logs", "report",
