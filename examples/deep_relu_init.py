@@ -134,20 +134,27 @@ def train(
     log_root,
     seed,
     verbose,
+    fix=False,
 ):
-    """Trains one scheme; returns its results (see `run`)."""
+    """Trains one scheme (after `keras_fanin.fix` if `fix`); returns its
+    results (see `run`)."""
     x_train, x_val, y_train, y_val = data
     keras.utils.set_random_seed(seed)
     model = build(scheme, depth, width, seed)
-    stds = activation_stds(model, x_train[:512])
     # Before any training: is this network initialised right?
     verdict = keras_fanin.check(model, x_train[:64])
+    if fix:
+        # Re-draw what check flags with what it advises, then check again;
+        # with the seed He's network draws with, so the two can be compared.
+        seed_generator = keras.random.SeedGenerator(seed)
+        verdict = keras_fanin.fix(model, x_train[:64], seed=seed_generator)
+    stds = activation_stds(model, x_train[:512])
     model.compile(
         keras.optimizers.SGD(learning_rate, momentum=0.9),
         "sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    log_dir = os.path.join(log_root, model.name)
+    log_dir = os.path.join(log_root, model.name + ("_fixed" if fix else ""))
     health = keras_fanin.GradientHealth(
         log_dir,
         (x_train[:256], y_train[:256]),
@@ -200,6 +207,7 @@ def run(
     plot_path="deep_relu_init.png",
     schemes=tuple(SCHEMES),
     verbose=True,
+    fix=(),
 ):
     """Trains every scheme in `schemes` and returns `{scheme: results}`.
 
@@ -209,29 +217,28 @@ def run(
     `grad_norm_first` / `grad_norm_last` (step 0, from the event files),
     `warnings` (GradientHealth's messages), `check_problems`
     (`keras_fanin.check`'s verdicts before training), `log_dir` and
-    `seconds`. Writes
-    TensorBoard logs under `log_root` and, if `plot_path`, a PNG.
+    `seconds`. The schemes in `fix` are also trained after
+    `keras_fanin.fix(model, x)`, as `"<scheme> + fix"`. Writes TensorBoard
+    logs under `log_root` and, if `plot_path`, a PNG.
     """
     unknown = sorted(set(schemes) - set(SCHEMES))
     if unknown:
         raise ValueError(f"Unknown schemes {unknown}; choose from {list(SCHEMES)}.")
     deterministic_ops()
     data = load_data(seed)
-    results = {
-        scheme: train(
-            scheme,
-            data,
-            depth=depth,
-            width=width,
-            epochs=epochs,
-            learning_rate=learning_rate,
-            batch_size=batch_size,
-            log_root=log_root,
-            seed=seed,
-            verbose=verbose,
-        )
-        for scheme in schemes
-    }
+    settings = dict(
+        depth=depth,
+        width=width,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        log_root=log_root,
+        seed=seed,
+        verbose=verbose,
+    )
+    results = {scheme: train(scheme, data, **settings) for scheme in schemes}
+    for scheme in fix:
+        results[f"{scheme} + fix"] = train(scheme, data, **settings, fix=True)
     if plot_path:
         plot(results, plot_path)
     return results
@@ -293,7 +300,7 @@ def report(results, log_root, plot_path=None):
         "read back from GradientHealth's logs:"
     )
     print(
-        f"  {'scheme':15s} {'val_accuracy':>12s} {'grad relu_1':>12s} "
+        f"  {'scheme':20s} {'val_accuracy':>12s} {'grad relu_1':>12s} "
         f"{'grad relu_' + str(depth):>13s}  {'check':7s}  GradientHealth warnings"
     )
     for scheme, r in results.items():
@@ -303,7 +310,7 @@ def report(results, log_root, plot_path=None):
         kinds = sorted({_warning_kind(m) for m in r["warnings"]})
         verdict = "flagged" if r["check_problems"] else "ok"
         print(
-            f"  {scheme:15s} {accuracy} {r['grad_norm_first']:12.3e}"
+            f"  {scheme:20s} {accuracy} {r['grad_norm_first']:12.3e}"
             f" {r['grad_norm_last']:13.3e}  {verdict:7s}  {', '.join(kinds) or '-'}"
         )
     print(
@@ -342,7 +349,17 @@ def main(argv=None):
     )
     parser.add_argument("--log-dir", default="logs/deep_relu_init")
     parser.add_argument("--plot", default="deep_relu_init.png")
+    parser.add_argument(
+        "--fix",
+        nargs="*",
+        choices=list(SCHEMES),
+        metavar="SCHEME",
+        help="also train these schemes after keras_fanin.fix(model, x) "
+        "(none named: every one but He)",
+    )
     args = parser.parse_args(argv)
+    if args.fix == []:
+        args.fix = [s for s in args.schemes if s != "He"]
     print(
         f"Training a {args.depth}-layer ReLU MLP on the digits with each scheme "
         f"({args.epochs} epochs):"
@@ -354,6 +371,7 @@ def main(argv=None):
         schemes=tuple(args.schemes),
         log_root=args.log_dir,
         plot_path=args.plot,
+        fix=tuple(args.fix or ()),
     )
     report(results, args.log_dir, args.plot)
     return results

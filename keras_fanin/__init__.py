@@ -1,6 +1,6 @@
 """keras_fanin: fan-in initializers with a tunable gain, and a gradient-health callback.
 
-`GradientHealth`, `check` and `report` are imported on first use: they pull in
+`GradientHealth`, `check`, `fix` and `report` are imported on first use: they pull in
 the callback's machinery and TensorBoard's reader, so `import keras_fanin` stays
 cheap and backend-agnostic.
 """
@@ -16,7 +16,7 @@ from keras_fanin._seeds import SharedSeedWarning
 from keras_fanin.version import __version__
 
 if TYPE_CHECKING:
-    from keras_fanin._check import CheckReport, check
+    from keras_fanin._check import CheckReport, check, fix
     from keras_fanin.health import GradientHealth, GradientHealthWarning
     from keras_fanin_logs import Report, report
 
@@ -38,6 +38,7 @@ __all__ = [
     "calculate_gain",
     "check",
     "compute_fans",
+    "fix",
     "lsuv",
     "report",
 ]
@@ -47,6 +48,7 @@ _LAZY = {
     "GradientHealthWarning": "keras_fanin.health",
     "check": "keras_fanin._check",
     "CheckReport": "keras_fanin._check",
+    "fix": "keras_fanin._check",
     "report": "keras_fanin_logs",
     "Report": "keras_fanin_logs",
 }

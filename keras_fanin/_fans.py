@@ -183,6 +183,9 @@ class Kernel:
     activated: bool = True
     gated: bool = False
     axes_given: bool = False
+    # The object whose `argument` attribute holds the initializer (the layer,
+    # or an RNN's cell): where `fix` writes a new one.
+    owner: object = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def shape(self):
@@ -238,6 +241,7 @@ def _kernel(name, variable, layer, argument, axes=None, **flags):
         fan_in,
         fan_out,
         **flags,
+        owner=layer,
     )
 
 

@@ -9,6 +9,7 @@ import functools
 import inspect
 import math
 import numbers
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -34,23 +35,21 @@ def _leaky_relu_gain(slope):
 # PyTorch's `calculate_gain` table: name -> (gain as a function of the
 # parameter, initializer to advise). These names keep PyTorch's values.
 _TABLE = {
-    "linear": (lambda _: 1.0, "keras_fanin.Xavier()"),
-    "conv1d": (lambda _: 1.0, "keras_fanin.Xavier()"),
-    "conv2d": (lambda _: 1.0, "keras_fanin.Xavier()"),
-    "conv3d": (lambda _: 1.0, "keras_fanin.Xavier()"),
-    "conv_transpose1d": (lambda _: 1.0, "keras_fanin.Xavier()"),
-    "conv_transpose2d": (lambda _: 1.0, "keras_fanin.Xavier()"),
-    "conv_transpose3d": (lambda _: 1.0, "keras_fanin.Xavier()"),
-    "sigmoid": (lambda _: 1.0, "keras_fanin.Xavier()"),
-    "tanh": (lambda _: 5.0 / 3.0, "keras_fanin.LeCun(gain='tanh')"),
-    "relu": (lambda _: math.sqrt(2.0), "keras_fanin.He()"),
-    "leaky_relu": (
-        _leaky_relu_gain,
-        "keras_fanin.He(negative_slope=<the layer's slope>)",
-    ),
+    "linear": (lambda _: 1.0, ("Xavier", ())),
+    "conv1d": (lambda _: 1.0, ("Xavier", ())),
+    "conv2d": (lambda _: 1.0, ("Xavier", ())),
+    "conv3d": (lambda _: 1.0, ("Xavier", ())),
+    "conv_transpose1d": (lambda _: 1.0, ("Xavier", ())),
+    "conv_transpose2d": (lambda _: 1.0, ("Xavier", ())),
+    "conv_transpose3d": (lambda _: 1.0, ("Xavier", ())),
+    "sigmoid": (lambda _: 1.0, ("Xavier", ())),
+    "tanh": (lambda _: 5.0 / 3.0, ("LeCun", (("gain", "tanh"),))),
+    "relu": (lambda _: math.sqrt(2.0), ("He", ())),
+    # The slope is the activation's own (`Advice.kwargs` fills it in).
+    "leaky_relu": (_leaky_relu_gain, ("He", (("negative_slope", None),))),
     # Self-normalising nets want LeCun's variance exactly; 3/4 is the gain
     # PyTorch recommends for SELU and is kept here so the tables agree.
-    "selu": (lambda _: 0.75, "keras_fanin.LeCun()"),
+    "selu": (lambda _: 0.75, ("LeCun", ())),
 }
 # ReLU6 is a ReLU wherever a well-initialised unit sits (|x| << 6).
 _ALIASES = {"identity": "linear", "leakyrelu": "leaky_relu", "relu6": "relu"}
@@ -475,16 +474,53 @@ def resolve_gain(
     return check_positive_float32(name, value), spec.label
 
 
-def recommended_initializer(nonlinearity):
-    """Returns the initializer to advise for a nonlinearity, or None if unknown."""
+class Advice(NamedTuple):
+    """An initializer to advise: a `keras_fanin` class name and its arguments.
+
+    `str(advice)` is how to write it; `advice.make(**axes)` makes it.
+    """
+
+    name: str  # "He", "LeCun" or "Xavier"
+    kwargs: tuple = ()  # ((argument, value), ...); a None value is unknown
+
+    def __str__(self):
+        arguments = ", ".join(
+            f"{k}={_UNKNOWN if v is None else repr(v)}" for k, v in self.kwargs
+        )
+        return f"keras_fanin.{self.name}({arguments})"
+
+    def make(self, **kwargs):
+        """The initializer itself, with `kwargs` (axes) added; None while an
+        argument is unknown."""
+        if any(v is None for _, v in self.kwargs):
+            return None
+        import keras_fanin
+
+        return getattr(keras_fanin, self.name)(**dict(self.kwargs), **kwargs)
+
+
+_UNKNOWN = "<the layer's slope>"
+
+
+def recommended(nonlinearity):
+    """The `Advice` for a nonlinearity, or None if unknown."""
     try:
         spec = _resolve(nonlinearity)
     except (TypeError, ValueError):
         return None
     if spec.name in _TABLE:
-        return _TABLE[spec.name][1]
+        name, kwargs = _TABLE[spec.name][1]
+        if spec.name == "leaky_relu":
+            kwargs = (("negative_slope", spec.slope),)
+        return Advice(name, kwargs)
     if spec.name in _OUTPUT:
-        return "keras_fanin.Xavier()"
+        return Advice("Xavier")
     if spec.name is not None:
-        return f"keras_fanin.LeCun(gain={spec.name!r})"
+        return Advice("LeCun", (("gain", spec.name),))
     return None
+
+
+def recommended_initializer(nonlinearity):
+    """Returns the initializer to advise for a nonlinearity, or None if unknown."""
+    advice = recommended(nonlinearity)
+    return None if advice is None else str(advice)

@@ -1,12 +1,14 @@
-"""The `keras-fanin` command: `report LOGDIR` and `check MODEL`.
+"""The `keras-fanin` command: `report LOGDIR`, `check MODEL` and `fix IN OUT`.
 
     keras-fanin report logs                # per-layer table of GradientHealth's logs
     keras-fanin report logs --json         # the same as JSON
     keras-fanin report logs --png flow.png # and the gradient-flow picture
     keras-fanin check model.keras          # the initialisation check
+    keras-fanin fix in.keras out.keras     # re-draw what check flags, save
 
 Also `python -m keras_fanin ...`. Exit codes: 0 done, 2 a usage error or
-nothing to read (one line on stderr, no traceback); `check` returns its own.
+nothing to read (one line on stderr, no traceback); `check` and `fix` return
+their own.
 """
 
 import argparse
@@ -35,6 +37,11 @@ def _parser():
     commands.add_parser(
         "check",
         help="check a model's initialisation before training (see check --help)",
+        add_help=False,
+    )
+    commands.add_parser(
+        "fix",
+        help="re-draw the kernels check flags and save the model (see fix --help)",
         add_help=False,
     )
     return parser
@@ -82,20 +89,20 @@ def _report(args):
     return 0
 
 
-def _check(argv):
+def _check(command, argv):
     try:
-        from keras_fanin._check import cli_main
+        from keras_fanin._check import cli_main, fix_main
     except ImportError:
-        print("keras-fanin check: not available in this version", file=sys.stderr)
+        print(f"keras-fanin {command}: not available in this version", file=sys.stderr)
         return 2
-    return cli_main(argv)
+    return (cli_main if command == "check" else fix_main)(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs `keras-fanin` with `argv` (default: the command line's); the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["check"]:
-        return _check(argv[1:])
+    if argv[:1] in (["check"], ["fix"]):
+        return _check(argv[0], argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "report":

@@ -40,7 +40,8 @@ DEPTH, WIDTH = 30, 128
 def deep(tmp_path_factory):
     root = tmp_path_factory.mktemp("deep_relu_init")
     argv = ["--epochs", "5", "--log-dir", str(root / "logs"),
-            "--plot", str(root / "demo.png")]  # fmt: skip
+            "--plot", str(root / "demo.png"),
+            "--fix", "LeCun", "Xavier", "fixed std 0.01"]  # fmt: skip
     results, out = run_example("deep_relu_init", argv)
     return results, out, root
 
@@ -65,6 +66,21 @@ def test_demo_he_learns_and_lecun_stalls_at_30_layers(deep):
     assert he["check_problems"] == []
     assert lecun["check_problems"] and xavier["check_problems"]
     assert results["fixed std 0.01"]["check_problems"]
+
+
+@pytest.mark.parametrize("scheme", ["LeCun", "Xavier", "fixed std 0.01"])
+def test_demo_fixed_networks_pass_check_and_train_like_he(deep, scheme):
+    """`keras_fanin.fix` re-draws the 30 flagged ReLU kernels with He(), from
+    the seed He's network draws with: then it is He's network and trains as
+    it does (the README quotes 20 epochs; this is the examples' 5)."""
+    results, _, _ = deep
+    he, fixed = results["He"], results[f"{scheme} + fix"]
+    assert results[scheme]["check_problems"]
+    assert fixed["check_problems"] == []
+    assert abs(fixed["val_accuracy"] - he["val_accuracy"]) <= 0.03
+    assert fixed["grad_norm_first"] == pytest.approx(he["grad_norm_first"], rel=1e-5)
+    assert fixed["activation_std"] == pytest.approx(he["activation_std"], rel=1e-5)
+    assert not fixed["warnings"]
 
 
 def test_demo_exploding_init_is_stopped_by_gradient_health(deep):

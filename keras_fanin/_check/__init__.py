@@ -18,11 +18,21 @@ own (`MultiHeadAttention`, `LSTM`, `Bidirectional`) are judged whole, each
 kernel with its place on the layer's signal.
 
 Measuring (`_measure`, `_graph`, `_inputs`), judging (`_judge`) and the
-report (`_records`) each have their own module; `_check` puts them together.
+report (`_records`) each have their own module; `_check` puts them together,
+and `_fix` re-draws what the verdicts advise.
 """
 
 from keras_fanin._check._check import check
-from keras_fanin._check._cli import cli_main
+from keras_fanin._check._cli import cli_main, fix_main
+from keras_fanin._check._fix import fix
 from keras_fanin._check._records import CheckReport, KernelRecord, LayerRecord
 
-__all__ = ["CheckReport", "KernelRecord", "LayerRecord", "check", "cli_main"]
+__all__ = [
+    "CheckReport",
+    "KernelRecord",
+    "LayerRecord",
+    "check",
+    "cli_main",
+    "fix",
+    "fix_main",
+]

@@ -11,6 +11,7 @@ from keras_fanin._check._judge import (
     Judged,
     activation_of,
     chains_of,
+    kernel_fixes,
     kernel_record,
     l2_norm,
     nonfinite_text,
@@ -107,6 +108,7 @@ def check(model, x=None) -> CheckReport:
             "Argument `model` must be a Keras model or the path of a `.keras` "
             f"file. Received: model={describe(model)} of type {type(model).__name__}"
         )
+    given = x
     x = synthetic_x(model) if x is None else check_x(x)
     x = keras.tree.map_structure(keras.ops.convert_to_tensor, x)
     input_shapes = [list(np.shape(t)) for t in keras.tree.flatten(x)]
@@ -120,7 +122,7 @@ def check(model, x=None) -> CheckReport:
     kernels_of = {u.index: layer_kernels(u.layer) for u in units}
     kernel_keys = {k for k, kernels in kernels_of.items() if kernels}
     if not kernel_keys:
-        return CheckReport(model.name, [], [], input_shapes)
+        return CheckReport(model.name, [], [], input_shapes, model=model, x=given)
     gates = {
         key: [
             k.variable
@@ -232,4 +234,17 @@ def check(model, x=None) -> CheckReport:
         grads_bad,
         list(weak_layers.values()),
     )
-    return CheckReport(model.name, list(records.values()), problems, input_shapes)
+    advised = [
+        (layers_by_index[k], kernel_fixes(judged))
+        for k, judged in objects.items()
+        if judged.flagged
+    ]
+    return CheckReport(
+        model.name,
+        list(records.values()),
+        problems,
+        input_shapes,
+        model=model,
+        x=given,
+        advised=advised,
+    )

@@ -1,10 +1,11 @@
-"""`keras-fanin check`: the command line."""
+"""`keras-fanin check` and `keras-fanin fix`: the command line."""
 
 import argparse
 import json
 import sys
 
 from keras_fanin._check._check import check
+from keras_fanin._check._fix import fix
 
 
 def cli_main(argv: list[str]) -> int:
@@ -26,6 +27,47 @@ def cli_main(argv: list[str]) -> int:
     except (OSError, TypeError, ValueError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"keras-fanin check: error: {message}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report)
+    return 0 if report.ok else 1
+
+
+def fix_main(argv: list[str]) -> int:
+    """`keras-fanin fix IN.keras OUT.keras [--force] [--json]`: 0 if the fixed
+    model passes `check`, 1 if problems remain (it is saved either way), 2 on
+    a usage error (one line on stderr, never a traceback)."""
+    parser = argparse.ArgumentParser(
+        prog="keras-fanin fix",
+        description="Re-draw the kernels `keras-fanin check` flags with the "
+        "initializer it advises, write that initializer into each layer's "
+        "config, save the model to OUT and check it again.",
+    )
+    parser.add_argument("model", help="path of the .keras file to fix")
+    parser.add_argument("out", help="path of the .keras file to write")
+    parser.add_argument(
+        "--force", action="store_true", help="fix a model that has trained"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    if not args.out.endswith(".keras"):
+        print(
+            f"keras-fanin fix: error: OUT must be a .keras path. Received: "
+            f"{args.out!r}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        report = fix(args.model, force=args.force)
+        report.model.save(args.out)
+    except (OSError, TypeError, ValueError) as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"keras-fanin fix: error: {message}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))

@@ -4,6 +4,7 @@ whose signal drifts, vanishing signals and gradients, and the advice."""
 import collections
 import dataclasses
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -11,7 +12,7 @@ from keras_fanin._check._graph import WEAK_NORMALIZATION
 from keras_fanin._check._layers import inner, layer_activation
 from keras_fanin._check._measure import SATURATION_EPS
 from keras_fanin._check._records import KernelRecord
-from keras_fanin._gains import calculate_gain, recommended_initializer
+from keras_fanin._gains import Advice, calculate_gain, recommended
 from keras_fanin.health import _stats
 from keras_fanin.health._advice import (
     DEAD_WARN_FRACTION,
@@ -105,6 +106,15 @@ class Judged:
     name: str
     kernels: list  # `_fans.Kernel`s, in the order of `record.kernels`
     records: list  # their `KernelRecord`s
+    flagged: bool = False  # a verdict advises re-drawing it (what `fix` does)
+
+
+class KernelFix(NamedTuple):
+    """A kernel to re-draw, and with what."""
+
+    kernel: object  # a `_fans.Kernel`
+    text: str  # the advice, as `check` writes it
+    advice: object  # an `Advice`, "orthogonal", or None where no gain is known
 
 
 def kernel_record(kernel, judged, grad):
@@ -171,9 +181,9 @@ def _factor(record):
     return min(1.0, record.ratio * _GATED_TOLERANCE)
 
 
-def _fix(judged):
-    """The initializers to use: one per kernel off its fan rule (every kernel
-    on the signal if none is off alone), named by the layer's argument."""
+def kernel_fixes(judged):
+    """One `KernelFix` per kernel off its fan rule (every kernel on the signal
+    if none is off alone)."""
     pairs = list(zip(judged.kernels, judged.records, strict=True))
 
     def off(kernel, record):
@@ -182,21 +192,29 @@ def _fix(judged):
             1 / tolerance <= record.ratio <= tolerance
         )
 
-    chosen = [(k, r) for k, r in pairs if off(k, r)] or [
-        (k, r) for k, r in pairs if not k.side
-    ]
-    texts, arguments = [], set()
-    for kernel, _ in chosen:
-        if kernel.argument in arguments:  # attention's four, one argument
-            continue
-        arguments.add(kernel.argument)
-        if kernel.gated:
-            text = "'orthogonal'" if kernel.side else "keras_fanin.LeCun()"
-        elif kernel.activated:
-            text = _advice(judged.activation, judged.name)
+    chosen = [k for k, r in pairs if off(k, r)] or [k for k, _ in pairs if not k.side]
+    fixes = []
+    for kernel in chosen:
+        if kernel.gated and kernel.side:
+            advice, text = "orthogonal", "'orthogonal'"
+        elif kernel.gated or not kernel.activated:
+            advice = Advice("LeCun")
+            text = str(advice)
         else:
-            text = "keras_fanin.LeCun()"
-        texts.append(try_text(kernel, text, named=len(pairs) > 1))
+            advice = advised(judged.activation, judged.name)
+            text = _NO_GAIN if advice is None else str(advice)
+        fixes.append(KernelFix(kernel, try_text(kernel, text, len(pairs) > 1), advice))
+    return fixes
+
+
+def _fix(judged):
+    """The initializers to use, one per argument of the layer's."""
+    texts, arguments = [], set()
+    for fix in kernel_fixes(judged):
+        if fix.kernel.argument in arguments:  # attention's four, one argument
+            continue
+        arguments.add(fix.kernel.argument)
+        texts.append(fix.text)
     return " and ".join(dict.fromkeys(texts))  # a bidirectional layer's twice
 
 
@@ -209,18 +227,22 @@ def _gain(activation):
         return None
 
 
-def _advice(activation, name):
-    """The initializer to advise: the gain table's, or `LeCun(gain=...)` where
-    the table's preset does not draw `calculate_gain(activation) / sqrt(fan_in)`."""
-    advice = recommended_initializer(activation)
+_NO_GAIN = "an initializer with std = gain / sqrt(fan_in)"
+
+
+def advised(activation, name):
+    """The `Advice` for a kernel `activation` follows: the gain table's, or
+    `LeCun(gain=name)` where the table's preset does not draw
+    `calculate_gain(activation) / sqrt(fan_in)`; None where no gain is known."""
     gain = _gain(activation)
     if gain is None:
-        return "an initializer with std = gain / sqrt(fan_in)"
-    if advice in (None, "keras_fanin.LeCun()", "keras_fanin.Xavier()") and not (
+        return None
+    advice = recommended(activation)
+    if advice in (None, Advice("LeCun"), Advice("Xavier")) and not (
         math.isclose(gain, 1.0)
     ):
-        return f"keras_fanin.LeCun(gain={name!r})"
-    return advice or "keras_fanin.LeCun()"
+        return Advice("LeCun", (("gain", name),))
+    return advice or Advice("LeCun")
 
 
 def _power_of_two(factor):
@@ -268,6 +290,8 @@ def _drift_problem(chain, records, objects):
     if not unknown and len(off) < _MIN_OFF_LAYERS:
         return None
     judged = off or chain
+    for k in judged:
+        objects[k].flagged = True
     act = _most_common(records[k].activation for k in judged)
     judged = [k for k in judged if records[k].activation == act]
     init = _most_common(records[k].initializer or "?" for k in judged)
@@ -319,6 +343,8 @@ def _gradient_problem(chain, records, objects):
     off = [k for k in chain if _is_off(records[k], True) or _is_off(records[k], False)]
     if len(off) < _MIN_OFF_LAYERS:
         return None
+    for k in off:
+        objects[k].flagged = True
     act = _most_common(records[k].activation for k in off)
     off = [k for k in off if records[k].activation == act]
     init = _most_common(records[k].initializer or "?" for k in off)
@@ -413,11 +439,11 @@ def problems_of(calls, names, records, objects, chains, stats, grads_bad, weak=(
         worst = max(bad, key=lambda k: getattr(records[k], signal))
         r = records[worst]
         fix = "normalise the inputs or lower the initial std"
-        ratio = r.ratio
-        if len(r.kernels) > 1:  # attention saturates through its queries and keys
-            ratios = [k.ratio for k in r.kernels if k.ratio is not None]
-            ratio = max(ratios, default=None)
-        if ratio is not None and ratio > _tolerance(r) and not r.normalized:
+        ratio = _top_ratio(r)
+        for k in bad:  # each one its kernels saturate or kill
+            if _saturates(records[k]):
+                objects[k].flagged = True
+        if _saturates(r):
             fix = (
                 f"its kernel{'s draw up to' if len(r.kernels) > 1 else ' draws'} "
                 f"{ratio:.3g}x the fan rule's std; use {_fix(objects[worst])}"
@@ -433,6 +459,22 @@ def problems_of(calls, names, records, objects, chains, stats, grads_bad, weak=(
             f"({where}); {fix}."
         )
     return problems
+
+
+def _top_ratio(record):
+    """A layer's ratio; attention's largest, as it saturates through its
+    queries and keys."""
+    if len(record.kernels) > 1:
+        ratios = [k.ratio for k in record.kernels if k.ratio is not None]
+        return max(ratios, default=None)
+    return record.ratio
+
+
+def _saturates(record):
+    """Whether a layer's kernels draw enough above the fan rule to saturate
+    or kill its units."""
+    ratio = _top_ratio(record)
+    return ratio is not None and ratio > _tolerance(record) and not record.normalized
 
 
 def _vanished_problem(records, objects):
@@ -453,6 +495,8 @@ def _vanished_problem(records, objects):
         shrinks = factor < 1
         before = [q for q, s in records.items() if q < k and _is_off(s, shrinks)]
         if before:
+            for q in before:
+                objects[q].flagged = True
             off = records[before[0]]
             cause = (
                 f"{len(before)} layer{'s' if len(before) > 1 else ''} before it "

@@ -104,10 +104,25 @@ class CheckReport:
     problems: list
     input_shapes: object  # the shapes of the batch the pass ran on
     loss: str = LOSS
+    # What `fix` re-drew: `(layer, argument, initializer)` texts; empty from
+    # `check`.
+    fixed: list = dataclasses.field(default_factory=list)
+    # The model checked (loaded, for a path) and the batch, for `fix()`.
+    model: object = dataclasses.field(default=None, repr=False, compare=False)
+    x: object = dataclasses.field(default=None, repr=False, compare=False)
+    # `(layer, [KernelFix])` of each layer a verdict advises re-drawing.
+    advised: list = dataclasses.field(default_factory=list, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def fix(self, *, force: bool = False) -> "CheckReport":
+        """`keras_fanin.fix(report.model, report.x, force=force)`: re-draws
+        what this report advises re-drawing, then checks again."""
+        from keras_fanin._check._fix import fix
+
+        return fix(self.model, self.x, force=force)
 
     def to_dict(self) -> dict:
         return {
@@ -117,6 +132,7 @@ class CheckReport:
             "layers": [r.to_dict() for r in self.layers],
             "input_shapes": self.input_shapes,
             "loss": self.loss,
+            "fixed": [list(f) for f in self.fixed],
         }
 
     def __str__(self):
@@ -171,6 +187,17 @@ class CheckReport:
                 "signal (s: beside it, as attention queries and keys, recurrent "
                 "kernels)."
             )
+        if self.fixed:
+            n = len(self.fixed)
+            lines.append(f"Fixed: {n} kernel{'s' if n > 1 else ''} drawn again:")
+            groups = {}  # one line for the layers alike, in forward order
+            for layer, argument, init in self.fixed:
+                groups.setdefault((argument, init), []).append(layer)
+            for (argument, init), names in groups.items():
+                where = repr(names[0])
+                if len(names) > 1:
+                    where = f"{len(names)} layers, {names[0]!r} to {names[-1]!r}"
+                lines.extend(_wrap(f"- {where}: {argument}={init}", WIDTH, "  "))
         if self.ok:
             lines.append("OK: no problem found.")
         else:
