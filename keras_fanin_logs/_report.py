@@ -29,7 +29,14 @@ from keras_fanin_logs._records import (
     records,
     walk,
 )
-from keras_fanin_logs._signals import FRACTIONS, RUN_NAME, RUNS, SIGNALS
+from keras_fanin_logs._signals import (
+    FRACTIONS,
+    GLOBAL_GRAD_NORM,
+    HISTOGRAMS,
+    RUN_NAME,
+    RUNS,
+    SIGNALS,
+)
 from keras_fanin_logs._text import WIDTH, header, json_safe, row, sig3
 
 NAME_WIDTH = 28
@@ -71,6 +78,8 @@ class RunReport:
     probe_loss: float | None
     warnings: list[tuple[int, str]]
     history: dict = dataclasses.field(repr=False)  # {tag: (steps, values)}
+    # The latest norm of the whole gradient (the train run's; None before).
+    global_grad_norm: float | None = None
 
     def picture(self):
         """The gradient-flow `Picture` of the whole run (None without layers)."""
@@ -251,8 +260,12 @@ class _RunReader:
                     self._table(_strings(tensor))
                 elif tag == "warnings":
                     self.warnings += [(step, row[0]) for row in _strings(tensor)]
-                elif tensor.dtype not in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE):
-                    continue  # pictures, legends, the custom-scalars layout
+                elif tensor.dtype not in (
+                    types_pb2.DT_FLOAT,
+                    types_pb2.DT_DOUBLE,
+                ) or (tag.partition("/")[0] in HISTOGRAMS):
+                    # Pictures, legends, the custom-scalars layout, histograms.
+                    continue
                 else:
                     number = (
                         tensor.float_val[0]
@@ -304,6 +317,7 @@ class _RunReader:
         steps = np.unique(np.concatenate(per_layer)) if per_layer else np.zeros(0)
         vanishing, exploding = self._depth(history, names, bad)
         loss = history.get("probe_loss")
+        norm = history.get(GLOBAL_GRAD_NORM)
         return RunReport(
             run=run,
             first_step=int(steps[0]) if len(steps) else None,
@@ -315,6 +329,7 @@ class _RunReader:
             probe_loss=float(loss[1][-1]) if loss is not None else None,
             warnings=self.warnings,
             history=history,
+            global_grad_norm=float(norm[1][-1]) if norm is not None else None,
         )
 
     def _layer(self, name, history, bad):
@@ -420,6 +435,8 @@ def _format_run(run):
     lines = [f"{run.run}: {span}"]
     if run.probe_loss is not None:
         lines[0] += f", probe loss {sig3(run.probe_loss)}"
+    if run.global_grad_norm is not None:
+        lines[0] += f", global grad norm {sig3(run.global_grad_norm)}"
     lines.append(header(_COLUMNS))
     for layer in run.layers:
         fraction = layer.dead_fraction
