@@ -4,7 +4,9 @@ Whatever TensorBoard reads (a local or remote log dir, the Rust data server or
 the Python multiplexer, runs still being written) the dashboard reads the same
 way: `{tag: (steps, values)}` per run, as `report` reads the event files, plus
 the layer table and the warnings. A run's series are read once and kept until
-its newest point changes (one cheap `read_last_scalars` per request).
+its newest points change (a `read_last_scalars` at most once a second: the
+page asks for several views of a run at once, and TensorBoard reloads its
+data every few seconds).
 
 On TensorBoard's default loader, the Rust data server behind
 `GrpcDataProvider`, a run's scalars come from the very `ReadScalars` call the
@@ -17,6 +19,7 @@ goes through `read_scalars`.
 import collections
 import logging
 import threading
+import time
 
 import numpy as np
 from tensorboard.data import provider
@@ -38,6 +41,8 @@ DEFAULT_SAMPLES = 1000
 # Enough for any layer table or warning series TensorBoard keeps.
 TENSOR_SAMPLES = 1000
 CACHED_RUNS = 32
+# Seconds a run's kept series are served without asking whether they moved.
+FRESH = 1.0
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +74,8 @@ class Reader:
     def __init__(self, data_provider, samples=None):
         self._provider = data_provider
         self.samples = samples or DEFAULT_SAMPLES
-        self._cache = collections.OrderedDict()  # (experiment, run) -> (key, Run)
+        # (experiment, run) -> (its newest points, Run, when they were checked)
+        self._cache = collections.OrderedDict()
         self._locks = collections.defaultdict(threading.Lock)
         self._lock = threading.Lock()
 
@@ -91,6 +97,10 @@ class Reader:
     def run(self, ctx, experiment, run):
         """The `Run` named `run`, read again only if its newest points moved;
         None if `run` holds no per-layer signal."""
+        with self._lock:
+            cached = self._cache.get((experiment, run))
+        if cached is not None and time.monotonic() - cached[2] < FRESH:
+            return cached[1]
         last = self._provider.read_last_scalars(
             ctx,
             experiment_id=experiment,
@@ -104,12 +114,12 @@ class Reader:
             lock = self._locks[experiment, run]
         with lock:
             cached = self._cache.get((experiment, run))
-            if cached is not None and cached[0] == key:
-                self._cache.move_to_end((experiment, run))
-                return cached[1]
-            value = self._read(ctx, experiment, run)
+            value = cached[1] if cached is not None and cached[0] == key else None
+            if value is None:
+                value = self._read(ctx, experiment, run)
             with self._lock:
-                self._cache[experiment, run] = (key, value)
+                self._cache[experiment, run] = (key, value, time.monotonic())
+                self._cache.move_to_end((experiment, run))
                 while len(self._cache) > CACHED_RUNS:
                     self._cache.popitem(last=False)
             return value
