@@ -172,7 +172,10 @@ def verdicts(name, run):
                 g_first = _value(run.history[f"grad_norm/{first}"], since)
                 g_last = _value(run.history[f"grad_norm/{last}"], since)
                 if g_first == 0:
-                    text += f": {first} gets no gradient, {last} {g_last:.3g}"
+                    text += (
+                        f": {first} gets no gradient ({last}'s grad norm is "
+                        f"{g_last:.3g})"
+                    )
                 else:
                     text += (
                         f": {first}'s grad norm ({g_first:.3g}) is "

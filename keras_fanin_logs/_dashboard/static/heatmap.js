@@ -178,7 +178,7 @@ export function drawHeatmaps(root, { runs, left, right, signal, threshold }) {
     labels.style.height = `${m.rows * rh}px`;
     for (const [matrix, color, bar, title] of [
       [left.get(run.run), leftColor, { log: true, lo, hi, table: VIRIDIS },
-        `${SIGNALS[signal].label} (log colour scale)`],
+        `${SIGNALS[signal].label} by layer and step (log colour scale)`],
       [right.get(run.run), rightColor, { log: false, lo: 0, hi: 1, table: CIVIDIS, threshold },
         `dead-ReLU or saturated fraction (threshold ${threshold})`],
     ]) {

@@ -47,6 +47,7 @@ class App {
     this.step = null; // null: each run's latest logged step
     this.showFirst = true;
     this.token = 0;
+    this.open = new Set(); // "run\nlayer" of the table rows opened
     this.build(root);
   }
 
@@ -130,6 +131,7 @@ class App {
       this.fail(this.summary, error);
       return;
     }
+    this.runsData = data;
     this.runs = data.runs.map((r, i) => ({ ...r, label: runLabel(r.run), color: runColor(i) }));
     this.samples = data.samples;
     this.thresholds = data.thresholds;
@@ -140,9 +142,22 @@ class App {
     await this.draw();
   }
 
-  reload() {
-    this.store.clear();
-    return this.start();
+  // After TensorBoard reloads its data: read again, and draw again only if
+  // the runs or their verdicts (steps, latest values) changed, keeping what
+  // the reader opened and chose.
+  async reload() {
+    const store = new Store();
+    try {
+      const runs = await store.runs();
+      const shown = runs.runs.map((r) => r.run).filter((run) => this.selected.has(run));
+      const verdicts = await Promise.all(shown.map((run) => store.verdicts(run)));
+      if (JSON.stringify([runs, verdicts]) === this.signature) return;
+    } catch (error) {
+      console.warn("gradient health: reload failed", error);
+      return;
+    }
+    this.store = store;
+    await this.start();
   }
 
   drawPicker() {
@@ -187,7 +202,8 @@ class App {
       into(all((run) => store.verdicts(run))).then((verdicts) => {
         if (!current()) return;
         drawSummary(this.summary, { runs, verdicts });
-        drawTables(this.tables, { runs, verdicts, store, samples: this.samples });
+        drawTables(this.tables, { runs, verdicts, store, samples: this.samples, open: this.open });
+        this.signature = JSON.stringify([this.runsData, runs.map((r) => verdicts.get(r.run))]);
       }).catch((error) => this.fail(this.summary, error)),
       into(all((run) => store.matrix(run, this.profileSignal))).then((matrices) => {
         if (!current()) return;

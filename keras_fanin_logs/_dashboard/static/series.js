@@ -38,6 +38,7 @@ function chart(parent, { lines, log, width, height, title, threshold }) {
     const step = Math.round(x0 + k * (x1 - x0));
     s("text", { x: x(step), y: height - 8, class: "tick x-mid", text: String(step) }, grid);
   }
+  s("text", { x: (margin.left + width - margin.right) / 2 + 60, y: height - 8, class: "axis-title", text: "step" }, svg);
   s("text", { x: margin.left, y: 12, class: "chart-title", text: title }, svg);
   if (threshold !== undefined) {
     s("line", { x1: margin.left, x2: width - margin.right, y1: y(threshold), y2: y(threshold), class: "threshold" }, svg);

@@ -73,7 +73,7 @@ function layerRow(layer) {
   };
 }
 
-export function drawTables(root, { runs, verdicts, store }) {
+export function drawTables(root, { runs, verdicts, store, samples, open }) {
   root.replaceChildren();
   for (const run of runs) {
     const v = verdicts.get(run.run);
@@ -88,6 +88,14 @@ export function drawTables(root, { runs, verdicts, store }) {
     const loss = num(v.probe_loss);
     h("span", { class: "muted", text: ` ${span}${loss !== null ? `, probe loss ${fmt(loss)}` : ""}` }, summary);
     for (const text of v.verdicts) h("p", { class: "verdict-line", text }, section);
+    if (samples && v.logged_steps >= samples) {
+      h("p", {
+        class: "note",
+        text: `TensorBoard keeps ${samples} points of each series (its --samples_per_plugin ` +
+          "scalars=all keeps every one): the steps here are among those kept; " +
+          "keras-fanin report reads them all.",
+      }, section);
+    }
     const table = h("table", { class: "verdict-table" }, section);
     const header = h("tr", {}, h("thead", {}, table));
     for (const [, title] of COLUMNS) h("th", { text: title }, header);
@@ -95,6 +103,7 @@ export function drawTables(root, { runs, verdicts, store }) {
     for (const layer of v.layers) {
       const cells = layerRow(layer);
       const flags = [
+        num(layer.grad_norm) === 0 && "no-gradient",
         layer.first_nonfinite_step !== null && "nonfinite",
         layer.first_dead_step !== null && "dead",
         layer.first_saturated_step !== null && "saturated",
@@ -113,25 +122,33 @@ export function drawTables(root, { runs, verdicts, store }) {
           dataset: raw === null || raw === undefined ? { col: key } : { col: key, value: String(raw) },
         }, tr);
       }
-      const open = async () => {
-        const next = tr.nextElementSibling;
-        if (next?.classList.contains("series-detail")) {
-          next.remove();
-          return;
-        }
+      const key = `${run.run}\n${layer.name}`;
+      const show = async () => {
         const detail = h("tr", { class: "series-detail", dataset: { layer: layer.name } });
         tr.after(detail);
         const cell = h("td", { colspan: COLUMNS.length }, detail);
         h("p", { class: "muted", text: "loading…" }, cell);
-        drawSeries(cell, await store.layer(run.run, layer.name), root.clientWidth - 40, v.thresholds);
+        const data = await store.layer(run.run, layer.name);
+        drawSeries(cell, data, section.clientWidth - 40, v.thresholds);
       };
-      tr.addEventListener("click", open);
+      const toggle = () => {
+        const next = tr.nextElementSibling;
+        if (next?.classList.contains("series-detail")) {
+          next.remove();
+          open.delete(key);
+        } else {
+          open.add(key);
+          show();
+        }
+      };
+      tr.addEventListener("click", toggle);
       tr.addEventListener("keydown", (event) => {
         if (event.key === "Enter" || event.key === " ") {
           event.preventDefault();
-          open();
+          toggle();
         }
       });
+      if (open.has(key)) show();
     }
     const notes = h("p", { class: "note" }, section);
     notes.textContent =
