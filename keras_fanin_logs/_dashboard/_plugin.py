@@ -25,7 +25,7 @@ from keras_fanin_logs._signals import PLUGIN_NAME
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 _TYPES = {".js": "text/javascript", ".css": "text/css"}
-# `--samples_per_plugin scalars=all` keeps every point (TensorBoard passes 0).
+# `--samples_per_plugin scalars=0` keeps every point.
 _ALL = 2**62
 
 
@@ -44,7 +44,9 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
     def __init__(self, context):
         hint = (context.sampling_hints or {}).get("scalars")
         samples = DEFAULT_SAMPLES if hint is None else (hint or _ALL)
-        self._reader = Reader(context.data_provider, samples)
+        self._reader = Reader(
+            context.data_provider, samples, getattr(context, "multiplexer", None)
+        )
 
     def get_plugin_apps(self):
         apps = {

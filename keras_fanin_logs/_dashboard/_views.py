@@ -3,8 +3,8 @@
 The verdicts are `report`'s (`run_report`, `depth_ratio`, `judge`): the
 dashboard adds only the words of its summary line. The layer x step matrices
 travel as little-endian float32 in base64 (the values GradientHealth wrote are
-float32, so nothing is lost; NaN and inf pass as themselves) with a byte per
-cell saying whether the layer logged that step.
+float32, so nothing is lost; NaN and inf pass as themselves) with, unless
+every layer logged every step, a byte per cell saying whether it did.
 """
 
 import base64
@@ -88,7 +88,8 @@ def matrix(run, signal):
         "tags": tags,
         "steps": [int(s) for s in steps],
         "values": _b64(values),
-        "present": _b64(present),
+        # None: every layer logged every step (the common case, half the bytes).
+        "present": None if present.all() else _b64(present),
     }
 
 

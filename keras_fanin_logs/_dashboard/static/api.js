@@ -28,7 +28,7 @@ function bytes(base64) {
 }
 
 // A layers x steps matrix: float32 values (NaN and inf as written) and a
-// byte per cell saying whether the layer logged that step.
+// byte per cell saying whether the layer logged that step (null: all did).
 export class Matrix {
   constructor(data) {
     this.signal = data.signal;
@@ -39,11 +39,11 @@ export class Matrix {
     this.cols = data.steps.length;
     // Little-endian float32, as every browser's platform stores them.
     this.values = new Float32Array(bytes(data.values).buffer);
-    this.present = bytes(data.present);
+    this.present = data.present === null ? null : bytes(data.present);
   }
 
   has(row, col) {
-    return this.present[row * this.cols + col] === 1;
+    return this.present === null || this.present[row * this.cols + col] === 1;
   }
 
   at(row, col) {

@@ -147,7 +147,10 @@ export function drawHeatmaps(root, { runs, left, right, signal, threshold }) {
   const values = [];
   for (const r of shown) {
     const m = left.get(r.run);
-    if (m) for (let i = 0; i < m.values.length; i++) if (m.present[i]) values.push(m.values[i]);
+    if (!m) continue;
+    for (let i = 0; i < m.values.length; i++) {
+      if (m.present === null || m.present[i]) values.push(m.values[i]);
+    }
   }
   const [lo, hi] = decades(values) ?? [-1, 0];
   const total = Math.max(root.clientWidth || 1000, 640);

@@ -92,7 +92,7 @@ export function drawTables(root, { runs, verdicts, store, samples, open }) {
       h("p", {
         class: "note",
         text: `TensorBoard keeps ${samples} points of each series (its --samples_per_plugin ` +
-          "scalars=all keeps every one): the steps here are among those kept; " +
+          "scalars=0 keeps every one): the steps here are among those kept; " +
           "keras-fanin report reads them all.",
       }, section);
     }
