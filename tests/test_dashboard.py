@@ -177,34 +177,6 @@ def test_the_plugin_imports_neither_keras_nor_tensorflow():
     assert out.strip() == "[]"
 
 
-# TensorBoard's vendored bleach warns as its data provider imports it.
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_the_multiplexer_read_equals_read_scalars(logs):
-    """On the Python loader the plugin's read returns what the data
-    provider's `read_scalars` returns, downsampling included (8 of 16 points
-    kept, 5 read)."""
-    from tensorboard import context
-    from tensorboard.backend.event_processing import data_provider
-    from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
-
-    from keras_fanin_logs._dashboard._reader import Reader
-
-    root, _ = logs
-    multiplexer = pem.EventMultiplexer(tensor_size_guidance={"scalars": 8})
-    multiplexer.AddRunsFromDirectory(str(root))
-    multiplexer.Reload()
-    provider = data_provider.MultiplexerDataProvider(multiplexer, str(root))
-    ctx = context.RequestContext()
-    for run in RUNS.values():
-        fast = Reader(provider, 5, multiplexer)._scalars(ctx, "", run)
-        slow = Reader(provider, 5)._scalars(ctx, "", run)
-        assert fast.keys() == slow.keys() and len(fast) > 10
-        for tag, (steps, values) in slow.items():
-            assert len(steps) == 5
-            np.testing.assert_array_equal(fast[tag][0], steps)
-            np.testing.assert_array_equal(fast[tag][1], values)
-
-
 @pytest.mark.slow
 def test_routes_judge_as_report_does(server, logs):
     root, expected = logs

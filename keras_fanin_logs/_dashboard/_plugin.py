@@ -44,9 +44,7 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
     def __init__(self, context):
         hint = (context.sampling_hints or {}).get("scalars")
         samples = DEFAULT_SAMPLES if hint is None else (hint or _ALL)
-        self._reader = Reader(
-            context.data_provider, samples, getattr(context, "multiplexer", None)
-        )
+        self._reader = Reader(context.data_provider, samples)
 
     def get_plugin_apps(self):
         apps = {

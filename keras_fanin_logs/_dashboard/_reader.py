@@ -8,19 +8,13 @@ its newest points change (a `read_last_scalars` at most once a second: the
 page asks for several views of a run at once, and TensorBoard reloads its
 data every few seconds).
 
-A run's scalars are the points `read_scalars` returns, taken where that
-provider takes them, because it builds one Python object per point: on the
-Rust data server (TensorBoard's default loader, behind `GrpcDataProvider`)
-the very `ReadScalars` call it makes, its arrays taken whole by NumPy (0.06 s
-where `read_scalars` takes 0.7 s, for 100 layers x 5 signals x 1000 points);
-on the Python loader its event multiplexer (`TBContext.multiplexer`), each
-point's float read off its tensor and the same deterministic downsampling
-(0.3 s where `read_scalars`, decoding each tensor, takes 10 s). Any other
-provider, or a change in these, goes through `read_scalars`.
+Everything goes through the provider's public methods (`read_scalars`,
+`read_last_scalars`, `read_tensors`): the provider builds one Python object per
+point, about 0.7 s for 100 layers x 5 signals x 1000 points, paid once per run
+and change, not per route.
 """
 
 import collections
-import logging
 import threading
 import time
 
@@ -40,14 +34,12 @@ SCALARS = "scalars"
 TEXT = "text"
 # Scalars per series when TensorBoard's `--samples_per_plugin` says nothing,
 # as its scalars dashboard reads them.
-DEFAULT_SAMPLES = 1000
+DEFAULT_SAMPLES = 500
 # Enough for any layer table or warning series TensorBoard keeps.
 TENSOR_SAMPLES = 1000
 CACHED_RUNS = 32
 # Seconds a run's kept series are served without asking whether they moved.
 FRESH = 1.0
-
-logger = logging.getLogger(__name__)
 
 
 def _strings(array):
@@ -74,9 +66,8 @@ class Run:
 class Reader:
     """Reads GradientHealth's runs from a `DataProvider`, one run at a time."""
 
-    def __init__(self, data_provider, samples=None, multiplexer=None):
+    def __init__(self, data_provider, samples=None):
         self._provider = data_provider
-        self._multiplexer = multiplexer
         self.samples = samples or DEFAULT_SAMPLES
         # (experiment, run) -> (its newest points, Run, when they were checked)
         self._cache = collections.OrderedDict()
@@ -130,17 +121,6 @@ class Reader:
 
     def _scalars(self, ctx, experiment, run):
         """`{tag: (steps, values)}`: every scalar series of `run`."""
-        stub = getattr(self._provider, "_stub", None)
-        for fast, source in (
-            (_grpc_scalars, stub),
-            (_multiplexer_scalars, self._multiplexer),
-        ):
-            if source is None:
-                continue
-            try:
-                return fast(source, experiment, run, self.samples)
-            except Exception:  # noqa: BLE001 - the public path says what failed
-                logger.debug("%s failed", fast.__name__, exc_info=True)
         scalars = self._provider.read_scalars(
             ctx,
             experiment_id=experiment,
@@ -198,54 +178,3 @@ class Reader:
                 layers = merge_layers(layers, rows)
             tables[name] = layers
         return tables
-
-
-def _grpc_scalars(stub, experiment, run, samples):
-    from tensorboard.data.proto import data_provider_pb2
-
-    request = data_provider_pb2.ReadScalarsRequest(experiment_id=experiment)
-    request.plugin_filter.plugin_name = SCALARS
-    request.run_tag_filter.runs.names.append(run)
-    request.downsample.num_points = samples
-    history = {}
-    for run_entry in stub.ReadScalars(request).runs:
-        if run_entry.run_name != run:
-            continue
-        for tag_entry in run_entry.tags:
-            data = tag_entry.data
-            history[tag_entry.tag_name] = (
-                np.array(data.step, np.float64),
-                np.array(data.value, np.float64),
-            )
-    return history
-
-
-def _multiplexer_scalars(multiplexer, experiment, run, samples):
-    from tensorboard.util import tensor_util
-
-    def value(tensor):
-        # GradientHealth's scalars (and tf.summary's) hold one float_val.
-        if len(tensor.float_val) == 1:
-            return tensor.float_val[0]
-        return tensor_util.make_ndarray(tensor).item()
-
-    history = {}
-    tags = multiplexer.PluginRunToTagToContent(SCALARS).get(run, {})
-    for tag in tags:
-        events = _downsample(multiplexer.Tensors(run, tag), samples)
-        history[tag] = (
-            np.fromiter((e.step for e in events), np.float64, len(events)),
-            np.fromiter((value(e.tensor_proto) for e in events), np.float64),
-        )
-    return history
-
-
-def _downsample(items, k):
-    """At most `k` of `items`, the last always among them, the others picked
-    as the multiplexer's provider picks them (a `random.Random(0)` sample)."""
-    import random
-
-    if k >= len(items):
-        return list(items)
-    keep = sorted(random.Random(0).sample(range(len(items) - 1), k - 1))
-    return [items[i] for i in keep] + [items[-1]]
