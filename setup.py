@@ -27,7 +27,10 @@ setup(
     packages=find_packages(
         include=["keras_fanin", "keras_fanin.*", "keras_fanin_logs*"]
     ),
-    package_data={"keras_fanin": ["py.typed"], "keras_fanin_logs": ["py.typed"]},
+    package_data={
+        "keras_fanin": ["py.typed"],
+        "keras_fanin_logs": ["py.typed", "_dashboard/static/*"],
+    },
     install_requires=[
         "keras>=3.15",
         "numpy>=1.26",
@@ -35,7 +38,13 @@ setup(
         # GradientHealth's event files: TFRecord CRCs in C, not pure Python.
         "google-crc32c>=1.5",
     ],
-    entry_points={"console_scripts": ["keras-fanin = keras_fanin_logs._cli:main"]},
+    entry_points={
+        "console_scripts": ["keras-fanin = keras_fanin_logs._cli:main"],
+        # The GRADIENT HEALTH tab of `tensorboard --logdir`.
+        "tensorboard_plugins": [
+            "gradient_health = keras_fanin_logs._dashboard:GradientHealthPlugin"
+        ],
+    },
     extras_require={
         "cpu": [f"tensorflow-cpu>={TENSORFLOW}"],
         "gpu": [f"tensorflow[and-cuda]>={TENSORFLOW}"],
@@ -51,6 +60,8 @@ setup(
             "scikit-learn>=1.4",
             "keras-tuner>=1.4",
             "ruff>=0.6",
+            # The dashboard's browser tests drive the system's Chromium.
+            "playwright>=1.40",
         ],
     },
     classifiers=[

@@ -12,7 +12,6 @@ as the callback's warnings do.
 import array
 import dataclasses
 import json
-import math
 import os
 import re
 
@@ -240,7 +239,6 @@ class _RunReader:
 
     def __init__(self):
         self.series = {}  # tag -> (array of steps, array of values)
-        self.bad_steps = set()  # steps with a NaN or inf somewhere
         self.layers = {}  # name -> (activation, has kernel), newest table last
         self.warnings = []
 
@@ -264,8 +262,7 @@ class _RunReader:
                     types_pb2.DT_FLOAT,
                     types_pb2.DT_DOUBLE,
                 ) or (tag.partition("/")[0] in HISTOGRAMS):
-                    # Pictures, legends, the custom-scalars layout, histograms.
-                    continue
+                    continue  # pictures, legends, the custom-scalars layout
                 else:
                     number = (
                         tensor.float_val[0]
@@ -277,8 +274,6 @@ class _RunReader:
                     )
                     steps.append(step)
                     values.append(number)
-                    if not math.isfinite(number):
-                        self.bad_steps.add(step)
         if show is not None:
             show(events)
 
@@ -293,109 +288,147 @@ class _RunReader:
                     array.array("d", (steps[i] for i in keep)),
                     array.array("d", (values[i] for i in keep)),
                 )
-        self.bad_steps = {s for s in self.bad_steps if s < step}
         self.warnings = [(s, text) for s, text in self.warnings if s < step]
 
     def _table(self, rows):
-        table = {row[0]: (row[1] or None, row[2] == "kernel") for row in rows}
-        # A later fit's model comes first; layers only an earlier one had follow.
-        self.layers = table | {k: v for k, v in self.layers.items() if k not in table}
+        rows = [(row[0], row[1], row[2] == "kernel") for row in rows]
+        self.layers = merge_layers(self.layers, rows)
 
     def finish(self, run):
         history = {
             tag: (np.frombuffer(s, np.float64), np.frombuffer(v, np.float64))
             for tag, (s, v) in self.series.items()
         }
-        bad = np.array(sorted(self.bad_steps), np.float64)
-        names = layer_rows(history, list(self.layers) or None)
-        layers = [self._layer(name, history, bad) for name in names]
-        per_layer = [
-            s for tag, (s, _) in history.items() if tag.partition("/")[0] in SIGNALS
-        ]
-        if "probe_loss" in history:
-            per_layer.append(history["probe_loss"][0])
-        steps = np.unique(np.concatenate(per_layer)) if per_layer else np.zeros(0)
-        vanishing, exploding = self._depth(history, names, bad)
-        loss = history.get("probe_loss")
-        norm = history.get(GLOBAL_GRAD_NORM)
-        return RunReport(
-            run=run,
-            first_step=int(steps[0]) if len(steps) else None,
-            last_step=int(steps[-1]) if len(steps) else None,
-            logged_steps=len(steps),
-            layers=layers,
-            vanishing_since=vanishing,
-            exploding_since=exploding,
-            probe_loss=float(loss[1][-1]) if loss is not None else None,
-            warnings=self.warnings,
-            history=history,
-            global_grad_norm=float(norm[1][-1]) if norm is not None else None,
-        )
+        return run_report(run, history, self.layers, self.warnings)
 
-    def _layer(self, name, history, bad):
-        activation, _ = self.layers.get(name, (None, False))
 
-        def latest(signal):
-            series = history.get(f"{signal}/{name}")
-            return float(series[1][-1]) if series is not None else None
+def merge_layers(layers, rows):
+    """The layer table `{name: (activation, has_kernel)}` after reading a newer
+    one, `rows` of `(name, activation or None, has_kernel)`: a later fit's
+    model comes first; layers only an earlier one had follow."""
+    table = {
+        name: (activation or None, bool(kernel)) for name, activation, kernel in rows
+    }
+    return table | {k: v for k, v in layers.items() if k not in table}
 
-        def first_over(signal, judged):
-            series = history.get(f"{signal}/{name}")
-            if series is None:
-                return None
-            steps, values = series
-            over = judged(values) & ~np.isin(steps, bad)
-            return int(steps[over].min()) if over.any() else None
 
-        saturated = next(
-            (f for f in FRACTIONS[1:] if f"{f}/{name}" in history), FRACTIONS[1]
-        )
-        nonfinite = [
-            series[0][~np.isfinite(series[1])]
-            for signal in SIGNALS
-            if (series := history.get(f"{signal}/{name}")) is not None
-        ]
-        nonfinite = np.concatenate(nonfinite) if nonfinite else np.zeros(0)
-        return LayerReport(
-            name=name,
-            activation=activation,
-            grad_norm=latest("grad_norm"),
-            update_ratio=latest("update_ratio"),
-            dead_fraction=latest("dead_relu_fraction"),
-            saturated_fraction=latest(saturated),
-            first_dead_step=(
-                first_over("dead_relu_fraction", judge.dead)
-                if judge.can_die(activation)
-                else None
-            ),
-            first_saturated_step=first_over(saturated, judge.saturated),
-            first_nonfinite_step=int(nonfinite.min()) if len(nonfinite) else None,
-        )
+def run_report(run, history, layers=None, warnings=()) -> RunReport:
+    """Judges one run's series: the table `report` prints and the dashboard shows.
 
-    def _depth(self, history, names, bad):
-        """First steps of vanishing and exploding gradients, as the advice judges.
+    Args:
+        run: The run's name.
+        history: `{tag: (steps, values)}` float64 arrays in step order, every
+            scalar the run logged (a NaN or inf in any of them, `probe_loss`
+            and `clip/...` included, makes its step one the verdicts skip).
+        layers: `{name: (activation, has_kernel)}` in forward order (see
+            `merge_layers`), or None where the logs lack the layer table.
+        warnings: `[(step, text), ...]` GradientHealth raised.
+    """
+    layers = layers or {}
+    nonfinite = [s[~np.isfinite(v)] for s, v in history.values()]
+    bad = np.unique(np.concatenate(nonfinite)) if nonfinite else np.zeros(0)
+    names = layer_rows(history, list(layers) or None)
+    rows = [_layer(name, history, bad, layers) for name in names]
+    per_layer = [
+        s for tag, (s, _) in history.items() if tag.partition("/")[0] in SIGNALS
+    ]
+    if "probe_loss" in history:
+        per_layer.append(history["probe_loss"][0])
+    steps = np.unique(np.concatenate(per_layer)) if per_layer else np.zeros(0)
+    vanishing, exploding = _depth_since(history, names, layers, bad)
+    loss = history.get("probe_loss")
+    return RunReport(
+        run=run,
+        first_step=int(steps[0]) if len(steps) else None,
+        last_step=int(steps[-1]) if len(steps) else None,
+        logged_steps=len(steps),
+        layers=rows,
+        vanishing_since=vanishing,
+        exploding_since=exploding,
+        probe_loss=float(loss[1][-1]) if loss is not None else None,
+        global_grad_norm=(
+            float(norm[1][-1]) if (norm := history.get(GLOBAL_GRAD_NORM)) else None
+        ),
+        warnings=list(warnings),
+        history=history,
+    )
 
-        First over last layer's grad norm, among layers with a kernel (all
-        layers with a grad norm when the logs lack the layer table).
-        """
-        kernels = [
-            n
-            for n in names
-            if f"grad_norm/{n}" in history
-            and (not self.layers or self.layers.get(n, (None, False))[1])
-        ]
-        if len(kernels) < 2:
-            return None, None
-        s_first, g_first = history[f"grad_norm/{kernels[0]}"]
-        s_last, g_last = history[f"grad_norm/{kernels[-1]}"]
-        steps, i, j = np.intersect1d(s_first, s_last, return_indices=True)
-        ratio = judge.depth_ratio(g_first[i], g_last[j])
-        ratio[np.isin(steps, bad)] = np.nan
 
-        def first(mask):
-            return int(steps[mask].min()) if mask.any() else None
+def _layer(name, history, bad, layers):
+    activation, _ = layers.get(name, (None, False))
 
-        return first(judge.vanishing(ratio)), first(judge.exploding(ratio))
+    def latest(signal):
+        series = history.get(f"{signal}/{name}")
+        return float(series[1][-1]) if series is not None else None
+
+    def first_over(signal, judged):
+        series = history.get(f"{signal}/{name}")
+        if series is None:
+            return None
+        steps, values = series
+        over = judged(values) & ~np.isin(steps, bad)
+        return int(steps[over].min()) if over.any() else None
+
+    saturated = next(
+        (f for f in FRACTIONS[1:] if f"{f}/{name}" in history), FRACTIONS[1]
+    )
+    nonfinite = [
+        series[0][~np.isfinite(series[1])]
+        for signal in SIGNALS
+        if (series := history.get(f"{signal}/{name}")) is not None
+    ]
+    nonfinite = np.concatenate(nonfinite) if nonfinite else np.zeros(0)
+    return LayerReport(
+        name=name,
+        activation=activation,
+        grad_norm=latest("grad_norm"),
+        update_ratio=latest("update_ratio"),
+        dead_fraction=latest("dead_relu_fraction"),
+        saturated_fraction=latest(saturated),
+        first_dead_step=(
+            first_over("dead_relu_fraction", judge.dead)
+            if judge.can_die(activation)
+            else None
+        ),
+        first_saturated_step=first_over(saturated, judge.saturated),
+        first_nonfinite_step=int(nonfinite.min()) if len(nonfinite) else None,
+    )
+
+
+def depth_ratio(history, names, layers=None):
+    """`(first, last, steps, ratio)`: the layers the depth check compares and,
+    at each step both logged, `judge.depth_ratio` of their grad norms; None
+    with fewer than two such layers.
+
+    As the advice judges: the first and last layers with a kernel (all layers
+    with a grad norm when the logs lack the layer table), in forward order.
+    """
+    kernels = [
+        n
+        for n in names
+        if f"grad_norm/{n}" in history
+        and (not layers or layers.get(n, (None, False))[1])
+    ]
+    if len(kernels) < 2:
+        return None
+    s_first, g_first = history[f"grad_norm/{kernels[0]}"]
+    s_last, g_last = history[f"grad_norm/{kernels[-1]}"]
+    steps, i, j = np.intersect1d(s_first, s_last, return_indices=True)
+    return kernels[0], kernels[-1], steps, judge.depth_ratio(g_first[i], g_last[j])
+
+
+def _depth_since(history, names, layers, bad):
+    """First steps of vanishing and exploding gradients, skipping `bad` steps."""
+    depth = depth_ratio(history, names, layers)
+    if depth is None:
+        return None, None
+    _, _, steps, ratio = depth
+    ratio[np.isin(steps, bad)] = np.nan
+
+    def first(mask):
+        return int(steps[mask].min()) if mask.any() else None
+
+    return first(judge.vanishing(ratio)), first(judge.exploding(ratio))
 
 
 def _ndarray(tensor):
@@ -425,6 +458,24 @@ def _wrap(text, first, rest):
         subsequent_indent=rest,
         break_on_hyphens=False,
     )
+
+
+def depth_verdicts(run) -> list[str]:
+    """The vanishing / exploding lines of `run`'s report (none if healthy)."""
+    return [
+        f"{kind} gradients from step {step} (first over last kernel layer's "
+        f"grad norm beyond {judge.DEPTH_RATIO_WARN:g}x)"
+        for kind, step in (
+            ("vanishing", run.vanishing_since),
+            ("exploding", run.exploding_since),
+        )  # fmt: skip
+        if step is not None
+    ]
+
+
+def warning_text(text) -> str:
+    """A raised warning as the report shows it, without its "GradientHealth: "."""
+    return re.sub(r"^GradientHealth: ", "", text)
 
 
 def _format_run(run):
@@ -470,18 +521,11 @@ def _format_run(run):
             "",
         )
     )
-    for kind, step in (("vanishing", run.vanishing_since),
-                       ("exploding", run.exploding_since)):  # fmt: skip
-        if step is not None:
-            lines.append(
-                f"{kind} gradients from step {step} (first over last kernel "
-                f"layer's grad norm beyond {judge.DEPTH_RATIO_WARN:g}x)"
-            )
+    lines += depth_verdicts(run)
     if run.warnings:
         lines.append(f"warnings ({len(run.warnings)}):")
         for step, text in run.warnings:
-            text = re.sub(r"^GradientHealth: ", "", text)
-            lines.append(_wrap(text, f"  step {step}: ", "    "))
+            lines.append(_wrap(warning_text(text), f"  step {step}: ", "    "))
     else:
         lines.append("warnings: none")
     return "\n".join(lines)

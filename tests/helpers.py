@@ -38,11 +38,12 @@ def get_json(url):
 
 
 @contextlib.contextmanager
-def tensorboard_server(log_dir, ready, timeout=90):
+def tensorboard_server(log_dir, ready, timeout=90, args=(), env=None):
     """A real `tensorboard` server on 127.0.0.1 over `log_dir`.
 
     Yields its root URL once `ready(tags)` holds for the `{run: {tag: ...}}`
-    its scalars plugin serves (or `timeout` seconds passed).
+    its scalars plugin serves (or `timeout` seconds passed). `args` go after
+    the defaults (a later flag wins), `env` over the current environment.
     """
     import time
 
@@ -50,8 +51,9 @@ def tensorboard_server(log_dir, ready, timeout=90):
     server = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", "--logdir", str(log_dir),
          "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false",
-         "--reload_interval", "1"],
+         "--reload_interval", "1", *args],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )  # fmt: skip
     root = f"http://127.0.0.1:{port}"
     try:

@@ -833,6 +833,10 @@ class GradientHealth(keras.callbacks.Callback):
                 for u in units
             ],
         )
+        # The dashboard's copy: its plugin name is what makes its tab active.
+        writer.write_layer_table(
+            step, [(u.name, u.activation or "", u.has_kernel) for u in units]
+        )
 
     def _write_charts(self, run, writer, tags, step):
         """Writes the custom-scalars layout of the signals the run writes, in

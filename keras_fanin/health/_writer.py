@@ -28,6 +28,7 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.plugins.text import metadata as text_metadata
 
 from keras_fanin_logs._records import frame
+from keras_fanin_logs._signals import LAYERS_TAG, PLUGIN_NAME, encode_layers
 
 _files_opened = 0
 
@@ -234,6 +235,25 @@ class EventWriter:
         if table:
             tensor.tensor_shape.dim.add(size=len(array[0]))
         self._add_value(step, tag, tensor, metadata)
+
+    def write_layer_table(self, step, rows):
+        """Writes the layer table for the GRADIENT HEALTH dashboard at `step`.
+
+        `rows` are `(name, activation or "", has_kernel)` in forward order,
+        stored as JSON in a string tensor under the dashboard's plugin name:
+        the data TensorBoard lists that plugin by, so its tab is active for
+        these logs alone.
+        """
+        metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(
+                plugin_name=PLUGIN_NAME, content=b'{"version": 1}'
+            ),
+            data_class=summary_pb2.DataClass.DATA_CLASS_TENSOR,
+        )
+        tensor = tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_STRING, string_val=[encode_layers(rows)]
+        )
+        self._add_value(step, LAYERS_TAG, tensor, metadata)
 
     def _add_value(self, step, tag, tensor, metadata):
         event = event_pb2.Event(wall_time=time.time(), step=int(step))
