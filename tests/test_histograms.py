@@ -336,3 +336,21 @@ def test_no_histogram_buffer_without_histograms(tmp_path, data):
     assert health._hook.modes == (0, 1) and not health.histogram_history
     assert not hasattr(health._hook, "hist_rows") or health._hook.hist_rows is None
     assert not read_histograms(tmp_path)
+
+
+def test_steps_per_execution_gives_the_same_histograms(tmp_path, data):
+    if BACKEND == "torch":
+        pytest.skip("Keras has no steps_per_execution on torch")
+    runs = {}
+    for spe in (1, 4):  # 6 steps: executions of 4 and 2
+        model = mlp()
+        model.compile(keras.optimizers.SGD(0.1), "binary_crossentropy",
+                      steps_per_execution=spe)  # fmt: skip
+        health = GradientHealth(tmp_path / str(spe), every_n_steps=1, histograms=2)
+        fit(model, data, health)
+        runs[spe] = health.histogram_history
+    assert set(runs[1]) == set(runs[4])
+    for tag, series in runs[1].items():
+        assert [s for s, _ in series] == [0, 2, 4], tag
+        for (_, one), (_, four) in zip(series, runs[4][tag], strict=True):
+            np.testing.assert_array_equal(one, four, tag)
