@@ -26,6 +26,11 @@ Keras's own step; with no `lax.cond` in it, XLA updates the donated state in
 place on every step. Under `keras.distribution.DataParallel` the gradients
 are already the global ones and the reductions run on sharded arrays, so the
 numbers equal one device's.
+
+With `histograms=k` every `k`-th logged step runs a third function: the
+logged step plus the bucketing of the gradient, the weights and the update
+(`_stats.histogram_counts`), written into two more loss-tracker variables
+(the histogram ring's steps and counts).
 """
 
 import inspect

@@ -35,6 +35,12 @@ all-reduce; the logged step all-reduces the gradients itself. A `tf.cond` may
 not hold a synchronisation point there, so with `steps_per_execution > 1` the
 gradients are all-reduced and the weights copied on every step, and only the
 reductions are skipped.
+
+With `histograms=k` a third train function runs every `k`-th logged step:
+the logged step plus the bucketing of the gradient, the weights and the
+update (`_stats.histogram_counts`), written into a ring of its own; with
+`steps_per_execution > 1` a `tf.cond` on the counter skips the bucketing,
+and a logged step without it writes the ring's spare row.
 """
 
 import numpy as np

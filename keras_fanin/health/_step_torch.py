@@ -5,7 +5,9 @@ the wrappers reduce on the device (fused multi-tensor norms, as torch's own
 `clip_grad_norm_` computes them) and write one row of a device tensor with no
 host sync; other steps cost nothing but a Python comparison. The host copies
 the buffer once per flush. The wrapped attributes are those of `_step_tf`:
-`model.train_step`, `optimizer.apply` and each unit's `call`.
+`model.train_step`, `optimizer.apply` and each unit's `call`. With
+`histograms=k`, every `k`-th logged step also buckets the gradient, the
+weights and the update (`_stats.histogram_counts`) into a second ring.
 """
 
 import keras
@@ -190,8 +192,12 @@ class TorchStepHook(StepHook):
             lambda codes: torch.bincount(codes, minlength=_histogram.CODES).int(),
         )
         row = self.hist_row(self.step)
-        units = torch.tensor(plan.unit_ids, device=self.hist_rows.device)
-        self.hist_rows[row, units] = counts
+        key = ("hist", *plan.unit_ids)
+        if key not in self._indices:
+            self._indices[key] = torch.tensor(
+                plan.unit_ids, device=self.hist_rows.device
+            )
+        self.hist_rows[row, self._indices[key]] = counts
         self.hist_steps[row] = self.step
         self.layout.hist_written.update(plan.unit_ids)
 
