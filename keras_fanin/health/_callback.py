@@ -131,10 +131,10 @@ def _check_bool(name, flag):
     return flag
 
 
-def _record(history, tag, step, value, limit=HISTORY_LIMIT):
+def _record(history, tag, step, value, limit=None):
     series = history.setdefault(tag, [])
     series.append((step, value))
-    if len(series) > limit:
+    if len(series) > (HISTORY_LIMIT if limit is None else limit):
         del series[0]
 
 
