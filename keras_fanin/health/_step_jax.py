@@ -71,7 +71,6 @@ class JaxStepHook(StepHook):
             dtype="float32",
             name=_NAMES[2],
         )
-        self.step = None  # steps run: the host counts them
         self.set_counter(start_step)  # steps run: the host counts them
         self._logging = False  # tracing the logged step: the wrappers record
         self._grads = None
@@ -370,11 +369,10 @@ class JaxStepHook(StepHook):
         return self.step
 
     def set_counter(self, step):
-        # The device's next logged step follows the host's count (a logged
-        # step adds `every_n` to it): assigned only when the host moves it.
-        if step != self.step:
-            self.next_logged.assign(-(-step // self.every_n) * self.every_n)
+        # Assigned every time, even to the same number: after a step that
+        # raised, the host has counted a batch the device never stepped.
         self.step = step
+        self.next_logged.assign(-(-step // self.every_n) * self.every_n)
 
     def nonfinite(self):
         _, rows = self.read()
