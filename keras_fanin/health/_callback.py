@@ -459,6 +459,11 @@ class GradientHealth(keras.callbacks.Callback):
         self._step = self._epoch_start = start
         if self._hook is not None:
             self._sync()
+            if start < self._hook.read_counter():
+                # The step axis goes back (a resumed fit() supersedes what a
+                # crashed one logged): rows it left unflushed, numbered from
+                # `start` on, must not pass for this fit()'s.
+                self._hook.forget_rows()
             self._hook.set_counter(start)
             self._flushed_through = start - 1
         if self._probe is not None:

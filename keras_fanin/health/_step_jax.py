@@ -365,6 +365,9 @@ class JaxStepHook(StepHook):
         rows = host_value(self.rows)
         return steps[:-1].copy(), rows[:-1].copy()
 
+    def forget_rows(self):
+        self.steps.assign(np.full([self.capacity], -1, np.int32))
+
     def read_counter(self):
         return self.step
 

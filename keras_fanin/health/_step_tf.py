@@ -298,6 +298,9 @@ class TFStepHook(StepHook):
         """`(steps, rows)` of the buffer: the one host read of a flush."""
         return self.steps.numpy(), self.rows.numpy()
 
+    def forget_rows(self):
+        self.steps.assign(np.full([self.capacity], -1, np.int64))
+
     def read_counter(self):
         if not self._dispatching:
             self.step = int(self.counter.numpy())

@@ -177,6 +177,9 @@ class TorchStepHook(StepHook):
         """`(steps, rows)` of the buffer: the one device-to-host copy of a flush."""
         return self.steps.copy(), self.rows.cpu().numpy()
 
+    def forget_rows(self):
+        self.steps[:] = -1
+
     def read_counter(self):
         return self.step
 
