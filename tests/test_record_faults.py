@@ -11,33 +11,12 @@ import numpy as np
 import pytest
 
 from keras_fanin import GradientHealth
+from tests import test_record as record
 from tests.helpers import TRAIN
+from tests.test_record import BATCH, FEATURES, fit, mlp
 
 BACKEND = keras.backend.backend()
-FEATURES, BATCH = 8, 16
-
-
-@pytest.fixture(scope="module")
-def data():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(112, FEATURES)).astype("float32")  # 7 batches
-    y = (x[:, :1] - x[:, 1:2] > 0).astype("float32")
-    return x, y
-
-
-def mlp(seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential([
-        keras.Input((FEATURES,)),
-        keras.layers.Dense(16, activation="relu", name="h1"),
-        keras.layers.Dense(16, activation="tanh", name="h2"),
-        keras.layers.Dense(1, activation="sigmoid", name="out"),
-    ])  # fmt: skip
-
-
-def fit(model, data, callbacks, **kwargs):
-    kwargs = {"batch_size": BATCH, "verbose": 0, "shuffle": False, **kwargs}
-    return model.fit(*data, callbacks=callbacks, **kwargs)
+data = record.data  # the same module-scoped fixture
 
 
 def served(log_dir, tag="grad_norm/h1", run=TRAIN):
