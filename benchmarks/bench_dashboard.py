@@ -41,14 +41,11 @@ os.environ.setdefault("KERAS_BACKEND", "numpy")
 
 import numpy as np  # noqa: E402
 
+from keras_fanin_logs import _signals  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SIGNALS = (
-    "grad_norm",
-    "update_ratio",
-    "weight_norm",
-    "activation_std",
-    "dead_relu_fraction",
-)
+# A ReLU net's signals: the names GradientHealth logs, up to the dead fraction.
+SIGNALS = _signals.SIGNALS[:5]
 RUNS = ("he", "lecun", "dead_layers", "exploding", "diverged")
 
 

@@ -150,7 +150,8 @@ TEST_FILES = (
     "tests/test_report.py",
     "tests/test_check.py", "tests/test_fix.py",
     # The step axis and the model's lifecycle across fit() calls (issue 18).
-    "tests/test_record.py", "tests/test_custom_steps.py",
+    "tests/test_record.py", "tests/test_record_faults.py",
+    "tests/test_custom_steps.py",
     # Every layer with kernels judged (issue 18); Keras Applications on
     # TensorFlow only (about 40 s each on JAX).
     "tests/test_every_layer.py",

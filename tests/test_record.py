@@ -522,7 +522,8 @@ def test_steps_json_is_rewritten_in_place_and_whole_when_outgrown(tmp_path):
 
 def test_pictures_at_the_end_of_fits_keep_to_their_budget(tmp_path, data, monkeypatch):
     """A loop of short fits does not redraw the picture at every end; the
-    rows it leaves out wait for the next picture."""
+    rows it leaves out wait for the next picture, which comes at the latest
+    when as many wait as the last one shows."""
     from keras_fanin.health import _callback
     from tests.helpers import _accumulator
 
@@ -533,12 +534,14 @@ def test_pictures_at_the_end_of_fits_keep_to_their_budget(tmp_path, data, monkey
     model.compile(keras.optimizers.SGD(0.05), "binary_crossentropy")
     health = GradientHealth(tmp_path, every_n_steps=1)
     monkeypatch.setattr(_callback, "PICTURE_BUDGET", 1e9)  # the last is recent
-    for _ in range(3):
+    for _ in range(5):
         fit(model, data, [health])
-    assert pictures() == [6]  # the first fit's, at its last step
+    # 7 rows a fit: drawn after the first fit, then once as many rows wait
+    # as the last picture shows (7, then 14); fit 5's rows wait.
+    assert pictures() == [6, 13, 27]
     monkeypatch.setattr(_callback, "PICTURE_BUDGET", 0)
     fit(model, data, [health])
-    assert pictures() == [6, 27]
+    assert pictures() == [6, 13, 27, 41]
     (picture,) = [run.picture() for name, run in report(tmp_path).runs.items()
                   if name.endswith("train")]  # fmt: skip
-    assert picture.steps == (0, 27, 28)  # every row, those waiting too
+    assert picture.steps == (0, 41, 42)  # every row, those waiting too

@@ -22,17 +22,7 @@ def cli_main(argv: list[str]) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse has printed the usage and the error
         return int(exit_.code or 0)
-    try:
-        report = check(args.model)
-    except (OSError, TypeError, ValueError) as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"keras-fanin check: error: {message}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(report)
-    return 0 if report.ok else 1
+    return _run("check", lambda: check(args.model), args.json)
 
 
 def fix_main(argv: list[str]) -> int:
@@ -62,15 +52,22 @@ def fix_main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    try:
+
+    def fix_and_save():
         report = fix(args.model, force=args.force)
         report.model.save(args.out)
+        return report
+
+    return _run("fix", fix_and_save, args.json)
+
+
+def _run(command, work, as_json):
+    """Prints `work()`'s report (or one error line, exit 2); 0 if it is ok."""
+    try:
+        report = work()
     except (OSError, TypeError, ValueError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
-        print(f"keras-fanin fix: error: {message}", file=sys.stderr)
+        print(f"keras-fanin {command}: error: {message}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(report)
+    print(json.dumps(report.to_dict(), indent=2) if as_json else report)
     return 0 if report.ok else 1

@@ -523,6 +523,11 @@ class GradientHealth(keras.callbacks.Callback):
         self._step = self._epoch_start = start
         if self._hook is not None:
             self._sync()
+            if start < self._hook.read_counter():
+                # The step axis goes back (a resumed fit() supersedes what a
+                # crashed one logged): rows it left unflushed, numbered from
+                # `start` on, must not pass for this fit()'s.
+                self._hook.forget_rows()
             self._hook.set_counter(start)
             self._flushed_through = start - 1
         if self._probe is not None:
@@ -859,12 +864,16 @@ class GradientHealth(keras.callbacks.Callback):
         if not rows or (rows < PICTURE_ROWS and not force):
             return
         drawn = self._pictured.get(run)
+        shown = 0 if drawn is None else drawn[2]  # the rows it shows
         if rows < PICTURE_ROWS and drawn is not None:
             # At a fit()'s end: not again while the last one is recent next
             # to what it cost, or a loop of short fits would spend more time
-            # drawing than training; its rows wait for the next picture.
-            end, cost = drawn
-            if time.perf_counter() - end < PICTURE_BUDGET * cost:
+            # drawing than training; its rows wait for the next picture. Also
+            # once as many wait as it shows: a fast loop's picture doubles,
+            # and what it costs in all stays about twice the last one's.
+            end, cost, _ = drawn
+            recent = time.perf_counter() - end < PICTURE_BUDGET * cost
+            if recent and rows < shown:
                 return
         self._since_picture[run] = 0
         start = time.perf_counter()
@@ -872,7 +881,7 @@ class GradientHealth(keras.callbacks.Callback):
             self._draw_picture(run)
         finally:
             end = time.perf_counter()
-            self._pictured[run] = (end, end - start)
+            self._pictured[run] = (end, end - start, shown + rows)
 
     def _draw_picture(self, run):
         writer = self._writer(run)

@@ -263,6 +263,10 @@ class StepHook:
     def restore_wrappers(self):
         self._patches.restore()
 
+    def forget_rows(self):
+        """Marks every buffer row unwritten (its step number -1)."""
+        raise NotImplementedError
+
     def plain_step(self, inner):
         def train_step(*args, **kwargs):
             # Keras's own step: traced with every wrapper passing through.

@@ -34,6 +34,8 @@ def read_state(root):
         if fs.exists(path):
             with fs.GFile(path, "r") as f:
                 state = json.loads(f.read())
+            if not isinstance(state, dict):
+                raise ValueError("not a JSON object")
             open_epochs = state.get("open")
             if open_epochs is not None:
                 open_epochs = {int(k): int(v) for k, v in open_epochs.items()}

@@ -90,7 +90,6 @@ class JaxStepHook(StepHook):
                  _histogram.BINS + 1),
                 "zeros", dtype="int32", name=_NAMES[4],
             )  # fmt: skip
-        self.step = None  # steps run: the host counts them
         self.set_counter(start_step)  # steps run: the host counts them
         self._logging = False  # tracing the logged step: the wrappers record
         self._grads = None
@@ -416,6 +415,11 @@ class JaxStepHook(StepHook):
         rows = host_value(self.rows)
         return steps[:-1].copy(), rows[:-1].copy()
 
+    def forget_rows(self):
+        self.steps.assign(np.full([self.capacity], -1, np.int32))
+        if self.histograms:
+            self.hist_steps.assign(np.full([self.hist_capacity], -1, np.int32))
+
     def read_histograms(self):
         """`(steps, counts)` of the histogram ring, read with the rows."""
         steps = host_value(self.hist_steps).astype(np.int64)
@@ -425,11 +429,10 @@ class JaxStepHook(StepHook):
         return self.step
 
     def set_counter(self, step):
-        # The device's next logged step follows the host's count (a logged
-        # step adds `every_n` to it): assigned only when the host moves it.
-        if step != self.step:
-            self.next_logged.assign(-(-step // self.every_n) * self.every_n)
+        # Assigned every time, even to the same number: after a step that
+        # raised, the host has counted a batch the device never stepped.
         self.step = step
+        self.next_logged.assign(-(-step // self.every_n) * self.every_n)
 
     def nonfinite(self):
         _, rows = self.read()

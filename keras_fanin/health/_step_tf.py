@@ -416,6 +416,11 @@ class TFStepHook(StepHook):
         """`(steps, rows)` of the buffer: the one host read of a flush."""
         return self.steps.numpy(), self.rows.numpy()
 
+    def forget_rows(self):
+        self.steps.assign(np.full([self.capacity], -1, np.int64))
+        if self.histograms:
+            self.hist_steps.assign(np.full(self.hist_steps.shape, -1, np.int64))
+
     def read_histograms(self):
         """`(steps, counts)` of the histogram ring, read with the rows."""
         size = self.hist_capacity

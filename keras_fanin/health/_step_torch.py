@@ -221,6 +221,11 @@ class TorchStepHook(StepHook):
         """`(steps, rows)` of the buffer: the one device-to-host copy of a flush."""
         return self.steps.copy(), self.rows.cpu().numpy()
 
+    def forget_rows(self):
+        self.steps[:] = -1
+        if self.histograms:
+            self.hist_steps[:] = -1
+
     def read_histograms(self):
         """`(steps, counts)` of the histogram ring: one device-to-host copy."""
         return self.hist_steps.copy(), self.hist_rows.cpu().numpy()
