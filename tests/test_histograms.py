@@ -96,14 +96,21 @@ def test_bucketing_equals_numpy_histogram_on_awkward_values():
 
 
 def test_bins_are_fixed_and_written_finite():
-    assert BINS == 101 and EDGES[BINS // 2] == -(2.0**-126)
-    assert np.all(np.diff(EDGES) > 0)
+    assert BINS == 101 and np.all(np.diff(EDGES) > 0)
     assert np.array_equal(EDGES.astype("float32").astype("float64"), EDGES)
+    # Powers of two; on the negative side the float32 next to each towards
+    # zero, so a bin holds exactly the floats of one exponent there too.
+    powers = 2.0 ** np.arange(-126, 15)
+    positive, negative = EDGES[BINS // 2 + 1 : -1], EDGES[1 : BINS // 2 + 1]
+    assert set(positive) <= set(powers) and len(positive) == 50
+    towards_zero = np.nextafter(-powers.astype("float32"), np.float32(0))
+    assert set(negative) <= set(towards_zero.astype("float64"))
     counts = reference([0.0, 3.0, -5e-3, 1e30])
     spans = _histogram.spans(counts)
     # The non-empty span only: from the bin of -5e-3 to the overflow bin,
     # drawn one octave wide.
-    assert spans[0, 0] == -(2.0**-7) and spans[-1].tolist() == [2.0**14, 2.0**15, 1]
+    assert spans[0, 0] == np.float32(-(2.0**-7)) * np.float32(1 - 2.0**-24)
+    assert spans[-1].tolist() == [2.0**14, 2.0**15, 1]
     assert spans[:, 2].sum() == 4 and np.all(np.isfinite(spans))
     assert _histogram.spans(np.zeros(BINS + 1)) is None
 

@@ -1,24 +1,27 @@
 """The fixed bins of GradientHealth's histograms, and how they are written.
 
-The edges are powers of two, one bin per octave (about 3.3 a decade) for
-magnitudes from `2**-34` (5.8e-11) to `2**14` (16384), mirrored for negative
-values; beside them, one bin each side for the magnitudes below (down to
-float32's smallest normal, `2**-126`) and above (up to float32's largest), and
-one bin, `[-2**-126, 2**-126)`, for zero (of either sign) and the subnormals,
-which a device may flush to zero. NaN and inf are in no bin: they are counted
-apart. Every finite float32 lies in exactly one bin, as `numpy.histogram(x,
-EDGES)` bins it (left-closed bins, the last one closed).
+One bin per octave of magnitude (about 3.3 a decade) from `2**-34` (5.8e-11)
+to `2**14` (16384), mirrored for negative values; beside them, one bin each
+side for the magnitudes below (down to float32's smallest normal, `2**-126`)
+and above (up to float32's largest), and one bin for zero (of either sign) and
+the subnormals, which a device may flush to zero. NaN and inf are in no bin:
+they are counted apart. Every finite float32 lies in exactly one bin, as
+`numpy.histogram(x, EDGES)` bins it (left-closed bins, the last one closed).
 
-Why powers of two: the bin of a float32 is then read off its bits, an
-exponent, with a shift (`octave_codes`): exact by construction, where a
-rounded `log10` misplaces values near the edges, and one pass over the
-tensor, where a search over 100 edges takes seven. Why that range: an update
-of learning rate 1e-4 times a gradient of 1e-6 is 1e-10; a weight or gradient
-beyond 1e4 has exploded. Values outside it are still counted, in the
-under- and overflow bins.
+Why octaves: the bin of a float32 is then its top nine bits, sign and
+exponent, read with one shift (`_stats.histogram_codes`): exact by
+construction, where a rounded `log10` misplaces values near the edges, and
+one cheap pass over the tensor, where a search over 100 edges takes seven.
+The positive edges are the powers of two; the negative ones sit one float32
+below them in magnitude (`-2**k * (1 - 2**-24)`), so that numpy's left-closed
+bins hold, on both sides, exactly the floats of one exponent (with the powers
+themselves as edges, `-2**k` would start the bin of the octave below its
+own). Why that range: an update of learning rate 1e-4 times a gradient of
+1e-6 is 1e-10; a weight or gradient beyond 1e4 has exploded. Values outside
+it are still counted, in the under- and overflow bins.
 
-No backend is imported here: the device computes raw octave codes
-(`_stats.histogram_counts`), and `CODE_TO_BIN` maps them onto the bins.
+No backend is imported here: the device counts raw codes, the top nine bits
+of each value (`CODES` of them), and `CODE_TO_BIN` maps them onto the bins.
 """
 
 import numpy as np
@@ -27,40 +30,38 @@ LOWEST, HIGHEST = -34, 14  # the octave edges 2**LOWEST .. 2**HIGHEST
 _SMALLEST_NORMAL = 2.0**-126
 _LARGEST = float(np.finfo(np.float32).max)
 _OCTAVES = 2.0 ** np.arange(LOWEST, HIGHEST + 1)
+# 1 - 2**-24: the float32 below 1, so `-2**k * _BELOW` is the float32 next
+# to `-2**k` towards zero.
+_BELOW = 1.0 - 2.0**-24
 
-# Float64 values that float32 holds exactly, so the device's float32 view
-# and numpy's float64 comparisons agree on every value.
+# Float64 values that float32 holds exactly, so the device's float32 bits and
+# numpy's float64 comparisons agree on every value.
 EDGES = np.concatenate([
-    [-_LARGEST], -_OCTAVES[::-1], [-_SMALLEST_NORMAL, _SMALLEST_NORMAL],
+    [-_LARGEST], -_OCTAVES[::-1] * _BELOW,
+    [-(_SMALLEST_NORMAL - 2.0**-149), _SMALLEST_NORMAL],  # 2**-149: a subnormal's step
     _OCTAVES, [_LARGEST],
 ])  # fmt: skip
 BINS = len(EDGES) - 1  # 101; the counts' last slot (index BINS) is non-finite
 ZERO_BIN = BINS // 2
 
-# A float32's bits as an int32 `b`; its sign-magnitude key `s` (`b` for a
-# positive value, minus its magnitude bits for a negative one) orders values
-# as the floats do, and `s >> 23` (arithmetic) is its octave, -256..255. Its
-# code is `(s >> 23) + 256`; NaN and inf get code `NONFINITE_CODE`.
+# A value's code: its float32 bits shifted right by `SHIFT`, masked to nine
+# bits, `sign * 256 + exponent`. Exponent 255 is NaN and inf, of either sign.
 SHIFT = 23
-SIGN_MASK = 0x7FFFFFFF
-INF_BITS = 0x7F800000
-CODE_OFFSET = 256
-NONFINITE_CODE = 512
-CODES = NONFINITE_CODE + 1
+CODES = 512
+SIGN_CODE = 256
 
 
 def _code_to_bin():
-    octave = np.arange(-CODE_OFFSET, CODE_OFFSET, dtype=np.int64)
-    # A key strictly inside each octave: every key of an octave has one bin,
-    # since every edge is the first key of an octave (the largest float
-    # closes the last bin).
-    key = octave * 2**SHIFT + 1
-    bits = np.abs(key).astype(np.uint32).view(np.float32)
-    with np.errstate(invalid="ignore"):  # the NaN codes
-        values = np.where(key < 0, -bits, bits).astype(np.float64)
+    codes = np.arange(CODES, dtype=np.int64)
+    exponent = codes % SIGN_CODE
+    # A value of each code (the smallest mantissa above the exponent's power):
+    # every float of one code has one bin, as the edges sit between codes.
+    bits = ((exponent << SHIFT) | 1).astype(np.uint32).view(np.float32)
+    with np.errstate(invalid="ignore"):  # the NaN codes' values
+        values = np.where(codes >= SIGN_CODE, -bits.astype(np.float64), bits)
         out = np.searchsorted(EDGES[1:-1], values, side="right")
-    out[~np.isfinite(values)] = BINS  # codes the device never gives a value
-    return np.append(out, BINS).astype(np.int32)
+    out[exponent == 255] = BINS  # NaN and inf
+    return out.astype(np.int32)
 
 
 CODE_TO_BIN = _code_to_bin()

@@ -173,15 +173,15 @@ def layer_outputs(outputs, saturation_eps, column):
 
 
 def histogram_codes(x, negate=False):
-    """Each value's octave code (`_histogram`), an int32 vector: the bin of
-    every value read off its bits, with no rounded logarithm. `negate` codes
-    `-x` instead (exact: negating flips the sign bit)."""
+    """Each value's histogram code (`_histogram`), an int32 vector: its top
+    nine bits, sign and exponent, read with one shift and no rounded
+    logarithm. `negate` codes `-x` instead (exact: the sign bit flips)."""
     bits = ops.view(ops.reshape(_f32(x), (-1,)), "int32")
-    magnitude = ops.bitwise_and(bits, _histogram.SIGN_MASK)
-    negative = bits >= 0 if negate else bits < 0
-    key = ops.where(negative, ops.negative(magnitude), magnitude)
-    codes = ops.right_shift(key, _histogram.SHIFT) + _histogram.CODE_OFFSET
-    return ops.where(magnitude >= _histogram.INF_BITS, _histogram.NONFINITE_CODE, codes)
+    # Masked: the shift of a negative int32 keeps its sign on some backends.
+    codes = ops.bitwise_and(
+        ops.right_shift(bits, _histogram.SHIFT), _histogram.CODES - 1
+    )
+    return ops.bitwise_xor(codes, _histogram.SIGN_CODE) if negate else codes
 
 
 def histogram_counts(signals, plan, count):
