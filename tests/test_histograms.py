@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from keras_fanin import GradientHealth
-from keras_fanin.health import _callback, _histogram, _stats
+from keras_fanin.health import _callback, _stats
 from keras_fanin.health._hook import UpdatePlan
+from keras_fanin_logs import _histogram
 from tests.helpers import (
     TRAIN,
-    _accumulator,
     get_json,
     independent_gradients,
+    read_histograms,
     run_python,
     tensorboard_server,
 )
@@ -222,19 +223,6 @@ def test_global_grad_norm_of_every_logged_step(tmp_path, data):
         total = np.sqrt(sum(np.sum(np.square(g.astype("float64"))) for g in grads))
         assert norm == pytest.approx(total, rel=1e-5), step
     assert "global_grad_norm" in _callback.CHART_PATTERNS
-
-
-def read_histograms(log_dir):
-    """`{tag: [(step, [k, 3] array)]}` of the histograms plugin's tags, read
-    with TensorBoard's EventAccumulator."""
-    from tensorboard.util import tensor_util
-
-    acc = _accumulator(log_dir, TRAIN)
-    return {
-        tag: [(e.step, tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
-        for tag in acc.Tags()["tensors"]
-        if acc.SummaryMetadata(tag).plugin_data.plugin_name == "histograms"
-    }  # fmt: skip
 
 
 def test_histogram_events_through_tensorboard(tmp_path, data):

@@ -14,13 +14,13 @@ import keras
 import numpy as np
 
 from keras_fanin._validation import check_positive_finite, check_positive_int
-from keras_fanin.health import _histogram
 from keras_fanin.health._advice import Advisor
 from keras_fanin.health._layout import SIGNALS, Layout
 from keras_fanin.health._runstate import has_events, read_shared_state, write_state
 from keras_fanin.health._tuner import tuner_trial
 from keras_fanin.health._units import find_units
 from keras_fanin.health._writer import EventWriter
+from keras_fanin_logs import _histogram
 from keras_fanin_logs._picture import DESCRIPTION, gradient_flow
 from keras_fanin_logs._signals import GLOBAL_GRAD_NORM, RUN_NAME
 

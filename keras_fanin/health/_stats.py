@@ -7,8 +7,8 @@ same reductions serve the TensorFlow, JAX and torch hooks and the probe.
 import keras
 from keras import ops
 
-from keras_fanin.health import _histogram
 from keras_fanin.health._units import activation_signal, unit_axis
+from keras_fanin_logs import _histogram
 from keras_fanin_logs.judge import LEAKY_RELUS, RELUS
 
 

@@ -41,11 +41,12 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from keras_fanin.health import _histogram, _stats
+from keras_fanin.health import _stats
 from keras_fanin.health._advice import GradientHealthWarning
 from keras_fanin.health._hook import PLAIN, StepHook, guarded
 from keras_fanin.health._hosts import host_value
 from keras_fanin.health._units import activation_signal, first_float
+from keras_fanin_logs import _histogram
 from keras_fanin_logs._signals import HISTOGRAMS as HIST_SIGNALS
 
 _NAMES = ("gradient_health_step", "gradient_health_steps", "gradient_health_rows",

@@ -46,9 +46,10 @@ and a logged step without it writes the ring's spare row.
 import numpy as np
 import tensorflow as tf
 
-from keras_fanin.health import _histogram, _stats
+from keras_fanin.health import _stats
 from keras_fanin.health._hook import StepHook, guarded
 from keras_fanin.health._units import first_float
+from keras_fanin_logs import _histogram
 from keras_fanin_logs._signals import HISTOGRAMS as HIST_SIGNALS
 
 # What Keras's train function raises at the end of the data: no step ran.

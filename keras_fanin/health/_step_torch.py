@@ -14,9 +14,10 @@ import keras
 import numpy as np
 import torch
 
-from keras_fanin.health import _histogram, _stats
+from keras_fanin.health import _stats
 from keras_fanin.health._hook import HISTOGRAMS, PLAIN, StepHook
 from keras_fanin.health._units import first_float
+from keras_fanin_logs import _histogram
 from keras_fanin_logs._signals import HISTOGRAMS as HIST_SIGNALS
 
 

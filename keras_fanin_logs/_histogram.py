@@ -88,3 +88,11 @@ def spans(counts):
         [left[first:last], right[first:last], counts[first:last].astype(np.float64)],
         axis=1,
     )
+
+
+def bins_of(spans):
+    """The bin index of each row of `spans` (as `spans` writes them, the
+    overflow bins' drawn edges included): the bin its midpoint lies in."""
+    spans = np.asarray(spans, np.float64).reshape(-1, 3)
+    middle = (spans[:, 0] + spans[:, 1]) / 2
+    return np.searchsorted(EDGES[1:-1], middle, side="right")
