@@ -146,7 +146,8 @@ TEST_FILES = (
     # GradientHealth (probe, models, the real step), report and check; the
     # `tf_only` tests skip themselves.
     "tests/test_gradient_health.py", "tests/test_gradient_health_models.py",
-    "tests/test_gradient_health_step.py", "tests/test_report.py",
+    "tests/test_gradient_health_step.py", "tests/test_histograms.py",
+    "tests/test_report.py",
     "tests/test_check.py", "tests/test_fix.py",
     # The step axis and the model's lifecycle across fit() calls (issue 18).
     "tests/test_record.py", "tests/test_record_faults.py",
