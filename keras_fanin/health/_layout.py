@@ -21,7 +21,11 @@ class Layout:
 
     def __init__(self, units):
         self.units = list(units)
-        self.width = len(self.units) * len(UNIT_COLUMNS) + len(GLOBALS)
+        used = len(self.units) * len(UNIT_COLUMNS) + len(GLOBALS)
+        # Padded to a multiple of 8 (NaN columns, never written): a
+        # `keras.distribution.LayoutMap` may split the buffer's columns across
+        # devices, and an axis splits only into equal parts.
+        self.width = -(-used // 8) * 8
         self.written = set()  # columns some trace writes
         self.hist_written = set()  # units whose histograms some trace writes
 
