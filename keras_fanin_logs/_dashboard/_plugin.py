@@ -13,6 +13,7 @@ into an iframe. The routes answer JSON read through the data provider:
 
 import json
 import os
+from typing import Any
 
 from tensorboard import errors, plugin_util
 from tensorboard.backend import http_util
@@ -27,6 +28,9 @@ STATIC = os.path.join(os.path.dirname(__file__), "static")
 _TYPES = {".js": "text/javascript", ".css": "text/css"}
 # `--samples_per_plugin scalars=0` keeps every point.
 _ALL = 2**62
+# werkzeug's `Request.application` wraps methods too (the request is their
+# last argument), but its annotations take a function of the request alone.
+_application: Any = wrappers.Request.application
 
 
 class GradientHealthPlugin(base_plugin.TBPlugin):
@@ -99,7 +103,7 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
         body = json.dumps(data, allow_nan=False, separators=(",", ":"))
         return http_util.Respond(request, body, "application/json")
 
-    @wrappers.Request.application
+    @_application
     def _serve_runs(self, request):
         ctx, experiment = self._where(request)
         runs = self._reader.runs(ctx, experiment)
@@ -121,7 +125,7 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
             },
         )
 
-    @wrappers.Request.application
+    @_application
     def _serve_verdicts(self, request):
         name, run = self._run(request)
         data = run.derived.get("verdicts")
@@ -129,7 +133,7 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
             data = run.derived["verdicts"] = _views.verdicts(name, run)
         return self._json(request, data)
 
-    @wrappers.Request.application
+    @_application
     def _serve_matrix(self, request):
         _, run = self._run(request)
         signal = request.args.get("signal", "grad_norm")
@@ -143,7 +147,7 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
             run.derived[key] = data
         return self._json(request, data)
 
-    @wrappers.Request.application
+    @_application
     def _serve_layer(self, request):
         _, run = self._run(request)
         name = request.args.get("layer")

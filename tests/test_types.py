@@ -1,0 +1,92 @@
+"""Types that are checked: mypy (configured in pyproject.toml) on the package,
+strict on the modules that define the public API; the README's examples as a
+user's code; and wrong calls, which it must report."""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Names the README's snippets take as given (a user's model and data).
+PRELUDE = """\
+from typing import Any
+
+import keras
+import keras_fanin
+
+model: Any
+make_model: Any
+x: Any
+y: Any
+x_train: Any
+x_probe: Any
+y_probe: Any
+dataset: Any
+RANK: int
+"""
+
+# Each line is a mistake the annotations exist to catch.
+WRONG = """\
+import keras_fanin
+
+keras_fanin.FanScaling(mode="fan_inn")
+keras_fanin.He(gain=[2.0])
+keras_fanin.calculate_gain(3)
+keras_fanin.fix("model.keras", force="yes")
+keras_fanin.compute_fans("3x3")
+runs: str = keras_fanin.report("logs").runs
+"""
+
+
+def _mypy(*files):
+    """mypy with the project's configuration, from the checkout (so that
+    `import keras_fanin` is this package), on `files` or the package."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--config-file", ROOT / "pyproject.toml",
+         *map(str, files)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _readme_examples():
+    """The README's python code blocks, in order."""
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"^```python\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+
+
+def test_the_package_type_checks():
+    code, out = _mypy()
+    assert code == 0, out
+
+
+def test_the_readme_examples_type_check_as_user_code(tmp_path):
+    examples = _readme_examples()
+    assert len(examples) >= 5
+    files = []
+    for i, example in enumerate(examples):
+        # One module each: the snippets reuse names such as `report`.
+        path = tmp_path / f"readme_example_{i}.py"
+        path.write_text(PRELUDE + "\n" + example)
+        files.append(path)
+    code, out = _mypy(*files)
+    assert code == 0, out
+
+
+def test_wrong_calls_are_reported(tmp_path):
+    path = tmp_path / "wrong.py"
+    path.write_text(WRONG)
+    code, out = _mypy(path)
+    assert code == 1
+    reported = {
+        int(line)
+        for line in re.findall(rf"^{re.escape(str(path))}:(\d+): error", out, re.M)
+    }
+    wrong = {
+        number
+        for number, line in enumerate(WRONG.splitlines(), 1)
+        if line.startswith(("keras_fanin.", "runs:"))
+    }
+    assert reported == wrong, out
