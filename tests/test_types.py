@@ -40,12 +40,15 @@ runs: str = keras_fanin.report("logs").runs
 """
 
 
-def _mypy(*files):
+def _mypy(cache, *files):
     """mypy with the project's configuration, from the checkout (so that
-    `import keras_fanin` is this package), on `files` or the package."""
+    `import keras_fanin` is this package), on `files` or the package.
+
+    A cache of its own: mypy reuses a cached module's errors, file path
+    included, for the same module name and text at another path."""
     proc = subprocess.run(
         [sys.executable, "-m", "mypy", "--config-file", ROOT / "pyproject.toml",
-         *map(str, files)],
+         "--cache-dir", cache, *map(str, files)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     return proc.returncode, proc.stdout + proc.stderr
@@ -57,8 +60,8 @@ def _readme_examples():
     return re.findall(r"^```python\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
 
 
-def test_the_package_type_checks():
-    code, out = _mypy()
+def test_the_package_type_checks(tmp_path):
+    code, out = _mypy(tmp_path / "cache")
     assert code == 0, out
 
 
@@ -71,14 +74,14 @@ def test_the_readme_examples_type_check_as_user_code(tmp_path):
         path = tmp_path / f"readme_example_{i}.py"
         path.write_text(PRELUDE + "\n" + example)
         files.append(path)
-    code, out = _mypy(*files)
+    code, out = _mypy(tmp_path / "cache", *files)
     assert code == 0, out
 
 
 def test_wrong_calls_are_reported(tmp_path):
     path = tmp_path / "wrong.py"
     path.write_text(WRONG)
-    code, out = _mypy(path)
+    code, out = _mypy(tmp_path / "cache", path)
     assert code == 1
     reported = {
         int(line)
