@@ -11,7 +11,9 @@ steady state, robust to a busy machine), for:
 
 - GradientHealth watching the real step at every step, gradients, updates and
   weights only (`activations=False`), and with the in-step activation signals;
-- GradientHealth at its defaults (the real step every 25 steps);
+- GradientHealth at its defaults (the real step every 25 steps), and with
+  `histograms=4` (a histogram every 100 steps), and at every step with
+  `histograms=1` (a histogram every step);
 - the fixed-probe mode at its default (a probe every 100 steps);
 - Keras's own `TensorBoard(histogram_freq=1)`, the peer;
 - a hand-written `train_step` that also returns per-layer gradient norms in
@@ -197,6 +199,8 @@ CONFIGS = [
     "real step, every step, no activations",
     "real step, every step",
     "GradientHealth defaults (every 25 steps)",
+    "histograms=4 (every 100 steps), defaults",
+    "real step, every step, histograms=1",
     "probe mode (every 100 steps)",
     "Keras TensorBoard(histogram_freq=1)",
     "hand-written train_step (floor)",
@@ -210,6 +214,10 @@ def callbacks_for(config, log_dir, probe):
         return [keras_fanin.GradientHealth(log_dir, every_n_steps=1)]
     if config == "GradientHealth defaults (every 25 steps)":
         return [keras_fanin.GradientHealth(log_dir)]
+    if config == "histograms=4 (every 100 steps), defaults":
+        return [keras_fanin.GradientHealth(log_dir, histograms=4)]
+    if config == "real step, every step, histograms=1":
+        return [keras_fanin.GradientHealth(log_dir, every_n_steps=1, histograms=1)]
     if config == "probe mode (every 100 steps)":
         return [keras_fanin.GradientHealth(log_dir, probe, every_n_steps=None)]
     if config == "Keras TensorBoard(histogram_freq=1)":

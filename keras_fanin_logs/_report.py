@@ -30,7 +30,14 @@ from keras_fanin_logs._records import (
     records,
     walk,
 )
-from keras_fanin_logs._signals import FRACTIONS, RUN_NAME, RUNS, SIGNALS
+from keras_fanin_logs._signals import (
+    FRACTIONS,
+    GLOBAL_GRAD_NORM,
+    HISTOGRAMS,
+    RUN_NAME,
+    RUNS,
+    SIGNALS,
+)
 from keras_fanin_logs._text import WIDTH, header, json_safe, row, sig3
 
 NAME_WIDTH = 28
@@ -78,6 +85,8 @@ class RunReport:
     probe_loss: float | None
     warnings: list[tuple[int, str]]
     history: History = dataclasses.field(repr=False)
+    # The latest norm of the whole gradient (the train run's; None before).
+    global_grad_norm: float | None = None
 
     def picture(self) -> Picture | None:
         """The gradient-flow `Picture` of the whole run (None without layers)."""
@@ -266,7 +275,10 @@ class _RunReader:
                     self._table(_strings(tensor))
                 elif tag == "warnings":
                     self.warnings += [(step, row[0]) for row in _strings(tensor)]
-                elif tensor.dtype not in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE):
+                elif tensor.dtype not in (
+                    types_pb2.DT_FLOAT,
+                    types_pb2.DT_DOUBLE,
+                ) or (tag.partition("/")[0] in HISTOGRAMS):
                     continue  # pictures, legends, the custom-scalars layout
                 else:
                     number = (
@@ -358,6 +370,9 @@ def run_report(
         vanishing_since=vanishing,
         exploding_since=exploding,
         probe_loss=float(loss[1][-1]) if loss is not None else None,
+        global_grad_norm=(
+            float(norm[1][-1]) if (norm := history.get(GLOBAL_GRAD_NORM)) else None
+        ),
         warnings=list(warnings),
         history=history,
     )
@@ -501,6 +516,8 @@ def _format_run(run: RunReport) -> str:
     lines = [f"{run.run}: {span}"]
     if run.probe_loss is not None:
         lines[0] += f", probe loss {sig3(run.probe_loss)}"
+    if run.global_grad_norm is not None:
+        lines[0] += f", global grad norm {sig3(run.global_grad_norm)}"
     lines.append(header(_COLUMNS))
     for layer in run.layers:
         fraction = layer.dead_fraction

@@ -24,6 +24,11 @@ SIGNALS = (
 )
 # The per-layer fractions: dead ReLUs, then saturated sigmoid and tanh outputs.
 FRACTIONS = SIGNALS[4:]
+# The model-wide gradient norm, logged at every logged step under this tag.
+GLOBAL_GRAD_NORM = "global_grad_norm"
+# Per-layer histograms (`GradientHealth(histograms=...)`), as `<signal>/<layer>`:
+# the gradient, the weights after the step and the update.
+HISTOGRAMS = ("grad_hist", "weight_hist", "update_hist")
 
 
 def encode_layers(rows) -> bytes:

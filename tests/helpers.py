@@ -221,3 +221,16 @@ def custom_scalars_layout(log_dir, run=TRAIN):
         return None
     raw = tensor_util.make_ndarray(acc.Tensors(tag)[0].tensor_proto).item()
     return layout_pb2.Layout.FromString(raw)
+
+
+def read_histograms(log_dir, run=TRAIN):
+    """`{tag: [(step, [k, 3] array)]}` of the histograms plugin's tags, read
+    with TensorBoard's EventAccumulator."""
+    from tensorboard.util import tensor_util
+
+    acc = _accumulator(log_dir, run)
+    return {
+        tag: [(e.step, tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
+        for tag in acc.Tags()["tensors"]
+        if acc.SummaryMetadata(tag).plugin_data.plugin_name == "histograms"
+    }  # fmt: skip

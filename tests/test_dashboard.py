@@ -19,8 +19,15 @@ import numpy as np
 import pytest
 
 import keras_fanin
+from keras_fanin_logs import _histogram
 from keras_fanin_logs._report import report
-from tests.helpers import get_json, read_scalars, run_python, tensorboard_server
+from tests.helpers import (
+    get_json,
+    read_histograms,
+    read_scalars,
+    run_python,
+    tensorboard_server,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ENTRY_POINT = "keras_fanin_logs._dashboard:GradientHealthPlugin"
@@ -49,7 +56,7 @@ def _model(scheme, dead=False):
 def logs(tmp_path_factory):
     """Three tiny fits, each its own GradientHealth log_dir under one root:
     He and LeCun on an 8-layer ReLU MLP, and a sick one (a dead layer, then
-    NaN from a learning rate of 1e4). Returns the root and every run's
+    NaN from a learning rate of 1e4); He's with histograms. Returns the root and every run's
     scalars as TensorBoard's reader reads them."""
     root = tmp_path_factory.mktemp("dashboard")
     keras.utils.set_random_seed(0)
@@ -66,7 +73,10 @@ def logs(tmp_path_factory):
     ]:
         model = _model(scheme, dead)
         model.compile(keras.optimizers.SGD(rate), "mse")
-        health = keras_fanin.GradientHealth(root / name, every_n_steps=1)
+        # He's run with histograms at every logged step.
+        health = keras_fanin.GradientHealth(
+            root / name, every_n_steps=1, histograms=1 if name == "he" else None
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[health])
@@ -343,3 +353,67 @@ def test_dark_mode_follows_the_system(browser, server):
     )
     assert sum(map(int, re.findall(r"\d+", background)[:3])) < 3 * 100, background
     page.close()
+
+
+def _bin_counts(spans):
+    """`{bin: count}` of the non-empty bins of histogram rows as GradientHealth
+    writes them."""
+    bins = _histogram.bins_of(spans).tolist()
+    return {b: n for b, n in zip(bins, spans[:, 2].tolist(), strict=True) if n}
+
+
+@pytest.mark.slow
+def test_the_distribution_route_holds_the_written_histograms(server, logs):
+    root, _ = logs
+    written = read_histograms(root, RUNS["he"])
+    for signal in ("grad_hist", "weight_hist", "update_hist"):
+        data = get_json(
+            server + _query("distribution", run=RUNS["he"], layer="dense_3")
+        )
+        series = data["signals"][signal]
+        events = written[f"{signal}/dense_3"]
+        assert series["steps"] == [step for step, _ in events]
+        for row, (_, spans) in zip(series["counts"], events, strict=True):
+            got = {series["first"] + i: n for i, n in enumerate(row) if n}
+            assert got == _bin_counts(spans)
+    assert data["edges"] == _histogram.EDGES.tolist()
+    # Runs without histograms answer with none.
+    lecun = get_json(
+        server + _query("distribution", run=RUNS["lecun"], layer="dense_3")
+    )
+    assert lecun["signals"] == {}
+
+
+@pytest.mark.slow
+def test_a_row_click_draws_the_layer_distribution(page, logs):
+    _, frame, errors = page
+    root, _ = logs
+    run = RUNS["he"]
+    frame.locator(
+        f'details.verdict-run[data-run="{run}"] tr[data-layer="dense_3"]'
+    ).click()
+    box = frame.locator('.dist-box[data-layer="dense_3"]')
+    canvas = box.locator("canvas.distribution")
+    canvas.wait_for()
+    radios = box.locator("input[type=radio]")
+    assert radios.evaluate_all("rs => rs.map(r => r.value)") == [
+        "grad_hist", "weight_hist", "update_hist"
+    ]  # fmt: skip
+    written = read_histograms(root, run)
+    tip = frame.locator(".tooltip")
+    for signal in ("grad_hist", "update_hist"):
+        box.locator(f'input[value="{signal}"]').check()
+        canvas = box.locator(f'canvas.distribution[data-signal="{signal}"]')
+        rows, cols = (int(canvas.get_attribute(f"data-{k}")) for k in ("rows", "cols"))
+        steps = [step for step, _ in written[f"{signal}/dense_3"]]
+        assert cols == len(steps)
+        size = canvas.bounding_box()
+        for r in range(rows):
+            c = r % cols
+            canvas.hover(position={"x": (c + 0.5) * size["width"] / cols,
+                                   "y": (r + 0.5) * size["height"] / rows})  # fmt: skip
+            data = tip.evaluate("t => ({...t.dataset})")
+            spans = dict(written[f"{signal}/dense_3"])[int(data["step"])]
+            assert int(data["step"]) == steps[c]
+            assert int(data["count"]) == _bin_counts(spans).get(int(data["bin"]), 0)
+    assert not errors

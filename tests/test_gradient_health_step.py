@@ -95,7 +95,7 @@ def test_grad_norm_of_every_step_equals_a_gradient_tape(tmp_path, data):
         for name in ("h1", "h2", "out")
         for signal in ("grad_norm", "update_ratio", "weight_norm", "activation_std")
     } | {"dead_relu_fraction/h1", "saturated_tanh_fraction/h2",
-         "saturated_sigmoid_fraction/out"}  # fmt: skip
+         "saturated_sigmoid_fraction/out", "global_grad_norm"}  # fmt: skip
 
 
 def test_update_ratio_and_weight_norm_of_one_step(tmp_path, data):

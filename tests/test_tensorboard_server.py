@@ -71,7 +71,7 @@ def test_scalars_through_tensorboard_http_api(served):
     assert {c["title"] for c in charts} == {
         "grad_norm", "update_ratio", "weight_norm", "activation_std",
         "dead_relu_fraction", "saturated_sigmoid_fraction",
-        "saturated_tanh_fraction", "probe_loss",
+        "saturated_tanh_fraction", "probe_loss", "global_grad_norm",
     }  # fmt: skip
     # Every chart shows exactly the tags of its signal (the probe_loss
     # chart was once empty: its pattern wanted a '/' the tag lacks), and no

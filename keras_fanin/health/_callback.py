@@ -5,6 +5,7 @@ Data flows one way: step hook (or probe) -> on-device statistics -> (flush)
 """
 
 import inspect
+import numbers
 import os
 import re
 import time
@@ -21,13 +22,16 @@ from keras_fanin.health._runstate import has_events, read_shared_state, write_st
 from keras_fanin.health._tuner import tuner_trial
 from keras_fanin.health._units import find_units
 from keras_fanin.health._writer import EventWriter
+from keras_fanin_logs import _histogram
 from keras_fanin_logs._picture import DESCRIPTION, gradient_flow
-from keras_fanin_logs._signals import RUN_NAME
+from keras_fanin_logs._signals import GLOBAL_GRAD_NORM, RUN_NAME
 
 TRAIN_RUN = f"{RUN_NAME}/train"
 PROBE_RUN = f"{RUN_NAME}/probe"
 # `history` keeps the newest points of each tag; the event files keep them all.
 HISTORY_LIMIT = 1000
+# `histogram_history` keeps the newest histograms of each tag.
+HISTOGRAM_HISTORY_LIMIT = 100
 # Logged rows between two host reads of the step buffer (at most; every epoch
 # end and the end of training flush too). A crash loses at most these.
 FLUSH_ROWS = 64
@@ -35,6 +39,7 @@ FLUSH_ROWS = 64
 # chart overlays the `train` and `probe` runs.
 CHART_PATTERNS = (
     {signal: rf"^{signal}/" for signal in SIGNALS}
+    | {GLOBAL_GRAD_NORM: rf"^{GLOBAL_GRAD_NORM}$"}
     | {"clip": r"^clip/"}
     | {"probe_loss": r"^probe_loss$"}
 )
@@ -130,11 +135,41 @@ def _check_bool(name: str, flag: object) -> bool:
     return flag
 
 
-def _record(history: History, tag: str, step: int, value: float) -> None:
+def _record(
+    history: dict[str, Any], tag: str, step: int, value: Any, limit: int | None = None
+) -> None:
     series = history.setdefault(tag, [])
     series.append((step, value))
-    if len(series) > HISTORY_LIMIT:
+    if len(series) > (HISTORY_LIMIT if limit is None else limit):
         del series[0]
+
+
+def _check_histograms(histograms: Any, every_n_steps: int | None) -> int | None:
+    if histograms is None:
+        return None
+    if (
+        isinstance(histograms, bool)
+        or not isinstance(histograms, numbers.Integral)
+        or histograms < 1
+    ):
+        raise ValueError(
+            "Argument `histograms` must be None or a positive integer. "
+            f"Received: histograms={histograms!r}"
+        )
+    if every_n_steps is None:
+        raise ValueError(
+            "Argument `histograms` needs the training step watched: it counts "
+            "logged steps, and `every_n_steps=None` logs none. Received: "
+            f"histograms={histograms!r}, every_n_steps=None"
+        )
+    k = int(histograms)
+    if every_n_steps * k > MAX_EVERY_N_STEPS:
+        raise ValueError(
+            "Argument `histograms` times `every_n_steps` must be at most "
+            f"{MAX_EVERY_N_STEPS}. Received: histograms={histograms!r}, "
+            f"every_n_steps={every_n_steps!r}"
+        )
+    return k
 
 
 class GradientHealth(keras.callbacks.Callback):
@@ -169,10 +204,31 @@ class GradientHealth(keras.callbacks.Callback):
       of outputs within `saturation_eps` of 0 or 1, where the derivative
       `y (1 - y)` is below `saturation_eps`; `saturated_tanh_fraction/<layer>`:
       for a tanh layer, the fraction with `|y| > 1 - saturation_eps`;
+    - `global_grad_norm`: the L2 norm of the whole gradient, over every
+      trained variable (unscaled, before clipping): what clipping compares
+      with its threshold, and the first curve to read for a loss spike;
     - with `clipnorm` or `global_clipnorm` set on the optimizer:
-      `clip/global_grad_norm` and `clip/factor` (1 when the step was not
-      clipped, else the factor the clipping scaled the gradient by; with
-      `clipnorm`, the smallest over the variables).
+      `clip/global_grad_norm` (the same number as `global_grad_norm`) and
+      `clip/factor` (1 when the step was not clipped, else the factor the
+      clipping scaled the gradient by; with `clipnorm`, the smallest over
+      the variables).
+
+    With `histograms=k`, every `k`-th logged step also writes, per layer,
+    histograms of the values of the gradient (`grad_hist/<layer>`), of the
+    weights after the update (`weight_hist/<layer>`) and of the update
+    `w_after - w_before` (`update_hist/<layer>`), over all of the layer's
+    trainable weights, for TensorBoard's HISTOGRAMS and DISTRIBUTIONS tabs.
+    The bins are fixed (`GradientHealth.HISTOGRAM_EDGES`): one per octave of
+    magnitude from `2**-34` (5.8e-11) to `2**14` (16384), mirrored for
+    negative values, one each side below and above that range, and one for
+    zero and float32's subnormals; NaN and inf are counted apart. Counts are
+    exact: `numpy.histogram(values, HISTOGRAM_EDGES)` gives the same. They
+    are computed in the logged step on the device, kept there with the other
+    statistics and read at the same flushes. TensorBoard draws only the span
+    of non-empty bins, the overflow bins one octave wide. The newest 100 of
+    each tag are kept in `histogram_history`: `{tag: [(step, counts), ...]}`,
+    `counts` an int64 array of `len(HISTOGRAM_EDGES)` slots, the bins' and
+    the non-finite values' count last.
 
     With a probe batch `data`, it also measures that fixed batch every
     `probe_every_n_steps` steps (and at the start and end of training) with
@@ -256,7 +312,15 @@ class GradientHealth(keras.callbacks.Callback):
         probe_training: If True (default), run the probe in training mode
             without changing any state; if False, in inference mode
             (BatchNorm uses its moving statistics, no dropout).
+        histograms: None (default: no histograms) or a positive int `k`:
+            per-layer histograms of the gradient, the weights and the
+            update every `k`-th logged step (with the default
+            `every_n_steps=25`, `histograms=4` gives one every 100 steps).
+            A histogram step costs about as much as one more pass of the
+            optimizer over the weights. Needs `every_n_steps`.
     """
+
+    HISTOGRAM_EDGES = _histogram.EDGES
 
     def __init__(
         self,
@@ -269,6 +333,7 @@ class GradientHealth(keras.callbacks.Callback):
         stop_on_nonfinite: bool = False,
         warn: bool = True,
         probe_training: bool = True,
+        histograms: int | None = None,
     ) -> None:
         super().__init__()
         if every_n_steps is not None:
@@ -276,6 +341,7 @@ class GradientHealth(keras.callbacks.Callback):
                 "every_n_steps", every_n_steps, MAX_EVERY_N_STEPS
             )
         self.every_n_steps = every_n_steps
+        self.histograms = _check_histograms(histograms, every_n_steps)
         self.probe_every_n_steps = check_positive_int(
             "probe_every_n_steps", probe_every_n_steps, MAX_EVERY_N_STEPS
         )
@@ -315,6 +381,7 @@ class GradientHealth(keras.callbacks.Callback):
             )
         self.history: History = {}
         self.probe_history: History = {}
+        self.histogram_history: dict[str, list[tuple[int, Any]]] = {}
         self._advisor = Advisor(warn, stop_on_nonfinite)
         self._writers: dict[str, EventWriter] = {}
         self._hook: Any = None
@@ -494,7 +561,7 @@ class GradientHealth(keras.callbacks.Callback):
     def _supersede(self, step: int) -> None:
         """Drops what was logged from `step` on, in `history` and, through a
         restart event, in what TensorBoard shows."""
-        for history in (self.history, self.probe_history):
+        for history in (self.history, self.probe_history, self.histogram_history):
             for tag, series in history.items():
                 history[tag] = [(s, v) for s, v in series if s < step]
         if self._probe_last is not None and self._probe_last >= step:
@@ -661,6 +728,7 @@ class GradientHealth(keras.callbacks.Callback):
                 saturation_eps=self.saturation_eps,
                 activations=self.activations,
                 start_step=self._step,
+                histograms=self.histograms,
             )
             self._hook_key = key
         self._hook.on_abort = self._on_abort
@@ -698,6 +766,7 @@ class GradientHealth(keras.callbacks.Callback):
         layout = hook.layout
         tags = layout.tags()
         writer = self._writer(TRAIN_RUN)
+        self._flush_histograms(hook, writer, last)
         first = int(steps[new].min())
         self._write_layers(TRAIN_RUN, writer, self._units, first)
         self._write_charts(TRAIN_RUN, writer, [tag for _, tag in tags], first)
@@ -721,6 +790,31 @@ class GradientHealth(keras.callbacks.Callback):
             writer.flush()
         if stop:
             self.model.stop_training = True
+
+    def _flush_histograms(self, hook: Any, writer: Any, last: int) -> None:
+        """Reads the histogram ring, only when a histogram step ran since the
+        last flush, and writes and records its new rows."""
+        if not hook.histograms or not self.every_n_steps or not self.histograms:
+            return
+        period = self.every_n_steps * self.histograms
+        first = self._flushed_through + 1
+        if last <= first or (last - 1) // period == (first - 1) // period:
+            return  # no multiple of `period` in [first, last)
+        steps, counts = hook.read_histograms()
+        tags = hook.layout.hist_tags()
+        new = np.flatnonzero(steps > self._flushed_through)
+        for i in new[np.argsort(steps[new])]:
+            step = int(steps[i])
+            spans = {}
+            for unit, k, tag in tags:
+                row = counts[i, unit, k].astype(np.int64)
+                _record(self.histogram_history, tag, step, row,
+                        HISTOGRAM_HISTORY_LIMIT)  # fmt: skip
+                span = _histogram.spans(row)
+                if span is not None:
+                    spans[tag] = span
+            if writer is not None and spans:
+                writer.write_histograms(step, spans)
 
     # -- the probe -----------------------------------------------------------
 

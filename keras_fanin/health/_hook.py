@@ -30,8 +30,10 @@ class UpdatePlan(NamedTuple):
     segments: list  # each kept variable's unit, as a segment id (units: none)
     units: int  # how many units own a kept variable
     signals: tuple  # per-unit signals, in the order of `cols`
-    cols: list  # buffer columns: signal by signal, unit by unit; then clipping
+    cols: list  # buffer columns: signal by signal, unit by unit; then the
+    # global gradient norm (when a variable has a gradient), then clipping
     clipped: bool  # whether the two clipping columns end `cols`
+    unit_ids: list  # the layout's index of each segment's unit
 
 
 class Watch:
@@ -96,7 +98,9 @@ class Watch:
             self.remove(hook)
 
     def function(self, active, made_from=None):
-        """Keras's train function around the step with `active` hooks logging.
+        """Keras's train function around the step with `active` hooks logging:
+        one mode per hook, `PLAIN`, `LOGGED` or `HISTOGRAMS` (logged, with
+        the histograms).
 
         Kept by the first hook across `fit()` calls, keyed by what it was made
         from: a later `fit()` of the same compiled model runs the functions
@@ -110,8 +114,12 @@ class Watch:
         function = made.get(key)
         if function is None:
             step = self.step
-            for hook, logs in zip(self.hooks, active, strict=True):
-                step = hook.logged_step(step) if logs else hook.plain_step(step)
+            for hook, mode in zip(self.hooks, active, strict=True):
+                step = (
+                    hook.logged_step(step, histograms=mode == HISTOGRAMS)
+                    if mode
+                    else hook.plain_step(step)
+                )
             object.__setattr__(self.model, "train_step", step)
             try:
                 self.make(force=True)
@@ -145,7 +153,7 @@ class Watch:
         making one then fails. Making costs no tracing (that comes with a
         function's first call), so only the choices that run are traced."""
         made_from = self._made_from()
-        for active in itertools.product((False, True), repeat=len(self.hooks)):
+        for active in itertools.product(*(hook.modes for hook in self.hooks)):
             self.function(active, made_from)
 
     def _remade(self, *args):
@@ -165,6 +173,9 @@ class Watch:
 
 
 _watches: dict[int, Any] = {}  # id(model) -> its Watch while hooks are on it
+
+# What a hook does in a step: nothing, log it, or log it with histograms.
+PLAIN, LOGGED, HISTOGRAMS = 0, 1, 2
 
 
 def guarded(function, watch, end_of_data=(StopIteration,)):
@@ -187,9 +198,14 @@ class StepHook:
     """Base of `TFStepHook`, `JaxStepHook` and `TorchStepHook`."""
 
     def __init__(self, model, layout, every_n_steps, capacity, saturation_eps,
-                 activations):  # fmt: skip
+                 activations, histograms=None):  # fmt: skip
         self.model, self.layout = model, layout
         self.every_n, self.capacity = every_n_steps, capacity
+        # Histograms every `histograms` logged steps, in a ring of their own
+        # that a flush empties as it does the rows' (None: none).
+        self.histograms = histograms
+        self.hist_capacity = -(-capacity // histograms) + 1 if histograms else 0
+        self.modes = (PLAIN, LOGGED, HISTOGRAMS) if histograms else (PLAIN, LOGGED)
         self.eps, self.activations = saturation_eps, activations
         self.optimizer = model.optimizer
         self.loss_scaled = isinstance(
@@ -216,6 +232,18 @@ class StepHook:
 
     def _set(self, obj, name, value):
         self._patches.set(obj, name, value)
+
+    def mode(self, step):
+        """`PLAIN`, `LOGGED` or `HISTOGRAMS`: what this hook does at `step`."""
+        if step % self.every_n:
+            return PLAIN
+        if self.histograms and (step // self.every_n) % self.histograms == 0:
+            return HISTOGRAMS
+        return LOGGED
+
+    def hist_row(self, step):
+        """The histogram ring's row of a histogram step."""
+        return (step // (self.every_n * self.histograms)) % self.hist_capacity
 
     @property
     def installed(self):
@@ -263,13 +291,15 @@ class StepHook:
             # skipped and the scale lowered. Only weights are checked.
             signals += ("grad_bad",)
         cols = [self.layout.column(u, s) for s in signals for u in units]
+        if kept:
+            cols.append(self.layout.global_column("global_grad_norm"))
         clipped = bool(kept) and bool(self.global_clipnorm or self.clipnorm)
         if clipped:
             cols += [
                 self.layout.global_column("clip/global_grad_norm"),
                 self.layout.global_column("clip/factor"),
             ]
-        return UpdatePlan(kept, segments, len(units), signals, cols, clipped)
+        return UpdatePlan(kept, segments, len(units), signals, cols, clipped, units)
 
     def row_values(self, pending, outputs):
         """`(cols, vector, bad)` of one logged step, for its one write.

@@ -7,13 +7,13 @@ train function is traced, so the buffer can be allocated before any model is
 built; the columns actually written are recorded while tracing.
 """
 
-from keras_fanin_logs._signals import SIGNALS
+from keras_fanin_logs._signals import GLOBAL_GRAD_NORM, HISTOGRAMS, SIGNALS
 
 # Per-unit codes of `nonfinite_code`: read by the advice, not logged.
 NONFINITE = ("grad_bad", "weight_bad", "activation_bad")
 UNIT_COLUMNS = SIGNALS + NONFINITE
 # Model-wide signals, logged under their own name.
-GLOBALS = ("clip/global_grad_norm", "clip/factor")
+GLOBALS = (GLOBAL_GRAD_NORM, "clip/global_grad_norm", "clip/factor")
 
 
 class Layout:
@@ -23,6 +23,7 @@ class Layout:
         self.units = list(units)
         self.width = len(self.units) * len(UNIT_COLUMNS) + len(GLOBALS)
         self.written = set()  # columns some trace writes
+        self.hist_written = set()  # units whose histograms some trace writes
 
     def column(self, unit_index, signal):
         return unit_index * len(UNIT_COLUMNS) + UNIT_COLUMNS.index(signal)
@@ -49,6 +50,16 @@ class Layout:
             if col in self.written:
                 out.append((col, signal))
         return out
+
+    def hist_tags(self):
+        """`[(unit index, position, tag)]` of every written histogram: the
+        unit's row and the signal's position in the histogram buffer."""
+        return [
+            (unit.index, k, f"{signal}/{unit.name}")
+            for unit in self.units
+            if unit.index in self.hist_written
+            for k, signal in enumerate(HISTOGRAMS)
+        ]
 
     def codes(self, row):
         """`{kind: {unit name: code}}` of the non-finite codes in one row."""

@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from keras_fanin.health._units import activation_signal, unit_axis
+from keras_fanin_logs import _histogram
 from keras_fanin_logs.judge import LEAKY_RELUS, RELUS
 
 
@@ -76,9 +77,12 @@ def update_values(sums, plan, clipnorm=None, global_clipnorm=None):
         "grad_bad": codes[:, 0],
     }
     parts = [by_signal[s] for s in plan.signals] if plan.units else []
+    g2s = sums[:, 0]
+    # Over every variable with a gradient, a unit's or not.
+    total = ops.sqrt(ops.sum(g2s))
+    if plan.kept:
+        parts.append(ops.reshape(total, (1,)))
     if plan.clipped:
-        g2s = sums[:, 0]
-        total = ops.sqrt(ops.sum(g2s))
         if global_clipnorm:
             factor = ops.minimum(1.0, global_clipnorm / total)
         else:
@@ -166,3 +170,45 @@ def layer_outputs(outputs, saturation_eps, column):
     cols = [column(unit.index, "activation_std") for unit, _ in outputs]
     cols += [column(unit.index, "activation_bad") for unit, _ in outputs]
     return cols + fraction_cols, ops.concatenate(parts, 0)
+
+
+def histogram_codes(x, negate=False):
+    """Each value's histogram code (`_histogram`), an int32 vector: its top
+    nine bits, sign and exponent, read with one shift and no rounded
+    logarithm. `negate` codes `-x` instead (exact: the sign bit flips)."""
+    bits = ops.view(ops.reshape(_f32(x), (-1,)), "int32")
+    # Masked: the shift of a negative int32 keeps its sign on some backends.
+    codes = ops.bitwise_and(
+        ops.right_shift(bits, _histogram.SHIFT), _histogram.CODES - 1
+    )
+    return ops.bitwise_xor(codes, _histogram.SIGN_CODE) if negate else codes
+
+
+def histogram_counts(signals, plan, count):
+    """`[plan.units, len(signals), BINS + 1]` int32 counts of each unit's
+    values in the `_histogram` bins (the last slot: NaN and inf).
+
+    `signals` holds, per signal, `(tensor, negate)` per kept variable of
+    `plan`; `count(codes)` is the backend's bincount of one variable's codes
+    into `CODES` slots. One bucketing and one count per variable, then one
+    segment sum to the units and one to the bins.
+    """
+    raw = ops.stack(
+        [ops.stack([count(histogram_codes(x, neg)) for x, neg in tensors])
+         for tensors in signals],
+        axis=1,
+    )  # fmt: skip
+    per_unit = ops.segment_sum(
+        raw, ops.convert_to_tensor(plan.segments, "int32"), plan.units + 1
+    )[: plan.units]
+    per_code = ops.transpose(
+        ops.reshape(per_unit, (plan.units * len(signals), _histogram.CODES))
+    )
+    bins = ops.segment_sum(
+        per_code,
+        ops.convert_to_tensor(_histogram.CODE_TO_BIN, "int32"),
+        _histogram.BINS + 1,
+    )
+    return ops.reshape(
+        ops.transpose(bins), (plan.units, len(signals), _histogram.BINS + 1)
+    )

@@ -26,6 +26,11 @@ Keras's own step; with no `lax.cond` in it, XLA updates the donated state in
 place on every step. Under `keras.distribution.DataParallel` the gradients
 are already the global ones and the reductions run on sharded arrays, so the
 numbers equal one device's.
+
+With `histograms=k` every `k`-th logged step runs a third function: the
+logged step plus the bucketing of the gradient, the weights and the update
+(`_stats.histogram_counts`), written into two more loss-tracker variables
+(the histogram ring's steps and counts).
 """
 
 import inspect
@@ -38,21 +43,25 @@ import numpy as np
 
 from keras_fanin.health import _stats
 from keras_fanin.health._advice import GradientHealthWarning
-from keras_fanin.health._hook import StepHook, guarded
+from keras_fanin.health._hook import PLAIN, StepHook, guarded
 from keras_fanin.health._hosts import host_value
 from keras_fanin.health._units import activation_signal, first_float
+from keras_fanin_logs import _histogram
+from keras_fanin_logs._signals import HISTOGRAMS as HIST_SIGNALS
 
-_NAMES = ("gradient_health_step", "gradient_health_steps", "gradient_health_rows")
+_NAMES = ("gradient_health_step", "gradient_health_steps", "gradient_health_rows",
+          "gradient_health_hist_steps", "gradient_health_hist_rows")  # fmt: skip
 
 
 class JaxStepHook(StepHook):
     """Installs the wrappers on one compiled model and owns its buffer."""
 
     def __init__(self, model, layout, every_n_steps, capacity, saturation_eps,
-                 activations, start_step):  # fmt: skip
+                 activations, start_step, histograms=None):  # fmt: skip
         super().__init__(
-            model, layout, every_n_steps, capacity, saturation_eps, activations
-        )
+            model, layout, every_n_steps, capacity, saturation_eps, activations,
+            histograms,
+        )  # fmt: skip
         tracker = model.metrics[0]
         # The number of the next logged step: the host picks it, the device
         # knows it without a transfer.
@@ -71,6 +80,17 @@ class JaxStepHook(StepHook):
             dtype="float32",
             name=_NAMES[2],
         )
+        self.hist_steps = self.hist_rows = None
+        if histograms:
+            self.hist_steps = tracker.add_variable(
+                (self.hist_capacity,), keras.initializers.Constant(-1),
+                dtype="int32", name=_NAMES[3],
+            )  # fmt: skip
+            self.hist_rows = tracker.add_variable(
+                (self.hist_capacity, len(layout.units), len(HIST_SIGNALS),
+                 _histogram.BINS + 1),
+                "zeros", dtype="int32", name=_NAMES[4],
+            )  # fmt: skip
         self.set_counter(start_step)  # steps run: the host counts them
         self._logging = False  # tracing the logged step: the wrappers record
         self._grads = None
@@ -97,7 +117,11 @@ class JaxStepHook(StepHook):
     def usable(self):
         # `compile()` makes a new loss tracker: the buffer went with the old.
         ids = {id(v) for v in self.model.metrics_variables}
-        return all(id(v) in ids for v in (self.next_logged, self.steps, self.rows))
+        return all(id(v) in ids for v in self._buffers())
+
+    def _buffers(self):
+        out = [self.next_logged, self.steps, self.rows]
+        return out + ([self.hist_steps, self.hist_rows] if self.histograms else [])
 
     # -- on the host, every step -----------------------------------------------
 
@@ -116,13 +140,13 @@ class JaxStepHook(StepHook):
         model, hooks = watch.model, watch.hooks
         for hook in hooks:
             hook.set_counter(hook.step)
-        plain = (False,) * len(hooks)
+        plain = (PLAIN,) * len(hooks)
         watch.make_all()
 
         def choose(limit):
             phases = [hook.step % hook.every_n for hook in hooks]
             if 0 in phases:
-                active = tuple(phase == 0 for phase in phases)
+                active = tuple(hook.mode(hook.step) for hook in hooks)
                 return watch.functions[active], 1
             gap = min(h.every_n - p for h, p in zip(hooks, phases, strict=True))
             return watch.functions[plain], min(limit, gap)
@@ -161,9 +185,10 @@ class JaxStepHook(StepHook):
     # -- in the step -------------------------------------------------------------
 
     def _slots(self):
-        """Where the next logged step, steps and rows sit in the metrics state."""
+        """Where the next logged step, steps and rows sit in the metrics state
+        (and the histogram ring's steps and rows, with histograms)."""
         ids = [id(v) for v in self.model.metrics_variables]
-        return [ids.index(id(v)) for v in (self.next_logged, self.steps, self.rows)]
+        return [ids.index(id(v)) for v in self._buffers()]
 
     def _wrap_loss(self, original):
         signature = _signature(original)
@@ -202,7 +227,7 @@ class JaxStepHook(StepHook):
             self._act_cols = cols
             # Carried out of the gradient trace in the rows slot's last row
             # (the step writes its own row afterwards).
-            _, _, rows_slot = self._slots()
+            rows_slot = self._slots()[2]
             metrics = list(aux[position])
             rows = metrics[rows_slot]
             metrics[rows_slot] = rows.at[-1, jnp.asarray(cols)].set(stats)
@@ -217,8 +242,7 @@ class JaxStepHook(StepHook):
         if not isinstance(aux, tuple | list):
             return None
         size = len(self.model.metrics_variables)
-        slots = list(zip(self._slots(), (self.next_logged, self.steps, self.rows),
-                         strict=True))  # fmt: skip
+        slots = list(zip(self._slots(), self._buffers(), strict=True))
         for position in reversed(range(len(aux))):  # Keras's own: the last
             item = aux[position]
             if (
@@ -292,12 +316,12 @@ class JaxStepHook(StepHook):
 
         return stateless_apply
 
-    def logged_step(self, original):
+    def logged_step(self, original, histograms=False):
         def train_step(state, data):
             self.traces += 1
             self._grads, self._act_cols = None, []
             before = state[0]
-            step_slot, steps_slot, rows_slot = self._slots()
+            step_slot, steps_slot, rows_slot = self._slots()[:3]
             rows_in = state[3][rows_slot]
             self._logging = True
             try:
@@ -331,6 +355,8 @@ class JaxStepHook(StepHook):
                 full = full.at[jnp.asarray(update_cols)].set(update_values)
             metrics[rows_slot] = rows.at[row].set(full)
             metrics[steps_slot] = steps.at[row].set(step)
+            if histograms:
+                self._write_hist(metrics, step, grads, before, trainable)
             # The host runs this step at the multiples of `every_n` only.
             metrics[step_slot] = step + self.every_n
             return logs, (trainable, non_trainable, optimizer_vars, metrics)
@@ -358,6 +384,31 @@ class JaxStepHook(StepHook):
         values = _stats.update_values(sums, plan, self.clipnorm, self.global_clipnorm)
         return plan.cols, values
 
+    def _write_hist(self, metrics, step, grads, before, after):
+        """Writes the step's histogram counts into its row of the ring."""
+        if grads is None:
+            return
+        grads, scale = grads
+        plan = self.update_plan(grads, self.model.trainable_variables)
+        if not plan.units:
+            return
+        s = 1.0 if scale is None else jnp.float32(scale)
+        signals = ([], [], [])
+        for k in plan.kept:
+            a, b = jnp.float32(after[k]), jnp.float32(before[k])
+            for part, x in zip(signals, (jnp.float32(grads[k]) / s, a, a - b),
+                               strict=True):  # fmt: skip
+                part.append((x, False))
+        counts = _stats.histogram_counts(
+            signals, plan, lambda codes: jnp.bincount(codes, length=_histogram.CODES)
+        )
+        self.layout.hist_written.update(plan.unit_ids)
+        steps_slot, rows_slot = self._slots()[3:]
+        row = (step // (self.every_n * self.histograms)) % self.hist_capacity
+        rows = metrics[rows_slot]
+        metrics[rows_slot] = rows.at[row, jnp.asarray(plan.unit_ids)].set(counts)
+        metrics[steps_slot] = metrics[steps_slot].at[row].set(step)
+
     # -- on the host (after a state sync) ------------------------------------
 
     def read(self):
@@ -367,6 +418,13 @@ class JaxStepHook(StepHook):
 
     def forget_rows(self):
         self.steps.assign(np.full([self.capacity], -1, np.int32))
+        if self.histograms:
+            self.hist_steps.assign(np.full([self.hist_capacity], -1, np.int32))
+
+    def read_histograms(self):
+        """`(steps, counts)` of the histogram ring, read with the rows."""
+        steps = host_value(self.hist_steps).astype(np.int64)
+        return steps, host_value(self.hist_rows)
 
     def read_counter(self):
         return self.step

@@ -35,6 +35,12 @@ all-reduce; the logged step all-reduces the gradients itself. A `tf.cond` may
 not hold a synchronisation point there, so with `steps_per_execution > 1` the
 gradients are all-reduced and the weights copied on every step, and only the
 reductions are skipped.
+
+With `histograms=k` a third train function runs every `k`-th logged step:
+the logged step plus the bucketing of the gradient, the weights and the
+update (`_stats.histogram_counts`), written into a ring of its own; with
+`steps_per_execution > 1` a `tf.cond` on the counter skips the bucketing,
+and a logged step without it writes the ring's spare row.
 """
 
 import numpy as np
@@ -43,6 +49,8 @@ import tensorflow as tf
 from keras_fanin.health import _stats
 from keras_fanin.health._hook import StepHook, guarded
 from keras_fanin.health._units import first_float
+from keras_fanin_logs import _histogram
+from keras_fanin_logs._signals import HISTOGRAMS as HIST_SIGNALS
 
 # What Keras's train function raises at the end of the data: no step ran.
 _END_OF_DATA = (StopIteration, tf.errors.OutOfRangeError)
@@ -63,10 +71,11 @@ class TFStepHook(StepHook):
     """Installs the wrappers on one compiled model and owns its buffer."""
 
     def __init__(self, model, layout, every_n_steps, capacity, saturation_eps,
-                 activations, start_step):  # fmt: skip
+                 activations, start_step, histograms=None):  # fmt: skip
         super().__init__(
-            model, layout, every_n_steps, capacity, saturation_eps, activations
-        )
+            model, layout, every_n_steps, capacity, saturation_eps, activations,
+            histograms,
+        )  # fmt: skip
         strategy = model.distribute_strategy
         width = layout.width
         self.counter = _local(
@@ -83,6 +92,18 @@ class TFStepHook(StepHook):
             strategy,
         )
         self.nonfinite_seen = _local(lambda **kw: tf.Variable(False, **kw), strategy)
+        if histograms:
+            # One more row, written by the logged steps without histograms
+            # when a tf.cond chooses (`steps_per_execution > 1`), never read.
+            rows = self.hist_capacity + 1
+            shape = [rows, len(layout.units), len(HIST_SIGNALS), _histogram.BINS + 1]
+            self.hist_steps = _local(
+                lambda **kw: tf.Variable(np.full([rows], -1, np.int64), **kw),
+                strategy,
+            )
+            self.hist_rows = _local(
+                lambda **kw: tf.Variable(np.zeros(shape, np.int32), **kw), strategy
+            )
         self._distributed = strategy.num_replicas_in_sync > 1
         # Chosen per fit() in `install`: the host picks the logged step's
         # function (`steps_per_execution=1`), or a device counter and a
@@ -91,6 +112,7 @@ class TFStepHook(StepHook):
         self.step = start_step  # steps run, counted on the host when dispatching
         self._train_graph = None
         self._pending, self._outputs = [], {}
+        self._hist, self._pending_hist = False, []
 
     # -- install / uninstall -------------------------------------------------
 
@@ -110,12 +132,12 @@ class TFStepHook(StepHook):
             hook.set_counter(hook.step)  # in this fit()'s meaning
         if spe != 1:
             # One function; each hook's counter and tf.cond choose in it.
-            function = watch.function((True,) * len(hooks))
+            function = watch.function(tuple(max(hook.modes) for hook in hooks))
             return guarded(function, watch, _END_OF_DATA)
         watch.make_all()
 
         def train_function(iterator):
-            active = tuple(hook.step % hook.every_n == 0 for hook in hooks)
+            active = tuple(hook.mode(hook.step) for hook in hooks)
             out = watch.functions[active](iterator)  # at the data's end, raises
             for hook in hooks:
                 hook.step += 1
@@ -138,9 +160,39 @@ class TFStepHook(StepHook):
             return logged()
         return tf.cond(self._log_now(), logged, plain)
 
-    def _when_logged(self, compute, size):
-        """`compute()` (a vector of `size`) on a logged step, NaNs otherwise."""
-        return self._branch(compute, lambda: tf.fill([size], np.float32(np.nan)))
+    def _when_logged(self, compute, plan):
+        """`compute()` (`_stats_of`'s) on a logged step, `_no_stats` otherwise."""
+        return self._branch(compute, lambda: self._no_stats(plan))
+
+    def _hist_now(self):
+        """On a logged step: whether it is one with histograms."""
+        logged = self.counter.read_value() // self.every_n
+        return tf.equal(logged % self.histograms, 0)
+
+    def _with_hist(self, plan):
+        return self._hist and plan.units > 0
+
+    def _no_stats(self, plan):
+        """What `_stats_of` gives, for a step that computes nothing."""
+        values = tf.fill([len(plan.cols)], np.float32(np.nan))
+        if not self._with_hist(plan):
+            return (values,)
+        shape = [plan.units, len(HIST_SIGNALS), _histogram.BINS + 1]
+        return values, tf.zeros(shape, tf.int32)
+
+    def _stats_of(self, grads, variables, before, plan):
+        """`(values,)`, or `(values, histogram counts)` with histograms."""
+        values = self._update_stats(grads, variables, before, plan)
+        if not self._with_hist(plan):
+            return (values,)
+        if self._dispatching:  # the host ran this function for histograms
+            return values, self._hist_counts(grads, variables, before, plan)
+        counts = tf.cond(
+            self._hist_now(),
+            lambda: self._hist_counts(grads, variables, before, plan),
+            lambda: self._no_stats(plan)[1],
+        )
+        return values, counts
 
     def _write_row(self):
         """On a logged step: reduces the stashed layer outputs, then writes the
@@ -170,18 +222,57 @@ class TFStepHook(StepHook):
                     self.nonfinite_seen, tf.reduce_any(tf.gather(updates, bad) > 0)
                 )
             )
+        if self._pending_hist:
+            self._write_hist(step)
         return tf.constant(True)
 
-    def logged_step(self, original):
+    def _write_hist(self, step):
+        """Writes the histogram counts of the step into its row of the ring
+        (with a tf.cond choosing, a step without histograms writes the spare
+        row); a unit written twice (two `apply` calls) keeps its last."""
+        units, parts = [], []
+        for unit_ids, counts in self._pending_hist:
+            units += unit_ids
+            parts.append(counts)
+        counts = tf.concat(parts, 0)
+        last = {u: i for i, u in enumerate(units)}
+        if len(last) < len(units):
+            keep = sorted(last.values())
+            units, counts = [units[i] for i in keep], tf.gather(counts, keep)
+        self.layout.hist_written.update(units)
+        logged = self.counter.read_value() // self.every_n
+        row = (logged // self.histograms) % self.hist_capacity
+        if not self._dispatching:
+            row = tf.where(self._hist_now(), row, self.hist_capacity)
+        indices = tf.stack(
+            [tf.fill([len(units)], row), tf.constant(units, tf.int64)], axis=1
+        )
+        if self._distributed:
+            self.hist_steps.assign(
+                tf.tensor_scatter_nd_update(
+                    self.hist_steps.read_value(), [[row]], [step]
+                )
+            )
+            self.hist_rows.assign(
+                tf.tensor_scatter_nd_update(
+                    self.hist_rows.read_value(), indices, counts
+                )
+            )
+        else:
+            self.hist_steps.scatter_nd_update([[row]], [step])
+            self.hist_rows.scatter_nd_update(indices, counts)
+
+    def logged_step(self, original, histograms=False):
         def train_step(*args, **kwargs):
             self.traces += 1
             self._train_graph = tf.compat.v1.get_default_graph()
             self._pending, self._outputs = [], {}
+            self._hist, self._pending_hist = histograms, []
             try:
                 logs = original(*args, **kwargs)
             finally:
                 self._train_graph = None
-            if self._pending or self._outputs:
+            if self._pending or self._outputs or self._pending_hist:
                 # One branch for all the layers' reductions and the write.
                 self._branch(self._write_row, lambda: tf.constant(False))
             # Dispatching, the host runs this step at the multiples of
@@ -243,13 +334,13 @@ class TFStepHook(StepHook):
                 def logged():
                     before = [tf.identity(tf.convert_to_tensor(v)) for v in variables]
                     run_original()
-                    return self._update_stats(grads, variables, before, plan)
+                    return self._stats_of(grads, variables, before, plan)
 
                 def plain():
                     run_original()
-                    return tf.fill([len(plan.cols)], np.float32(np.nan))
+                    return self._no_stats(plan)
 
-                values = self._branch(logged, plain)
+                stats = self._branch(logged, plain)
             else:
                 # No synchronisation point may sit in a tf.cond in a replica
                 # context: outside one, reduce and copy (on every step when a
@@ -265,12 +356,13 @@ class TFStepHook(StepHook):
                     reduced = [next(summed) if g is not None else None for g in dense]
                 before = [tf.identity(tf.convert_to_tensor(v)) for v in variables]
                 run_original()
-                values = self._when_logged(
-                    lambda: self._update_stats(reduced, variables, before, plan),
-                    len(plan.cols),
+                stats = self._when_logged(
+                    lambda: self._stats_of(reduced, variables, before, plan), plan
                 )
             if plan.cols:
-                self._pending.append((plan.cols, values))
+                self._pending.append((plan.cols, stats[0]))
+            if len(stats) > 1:
+                self._pending_hist.append((plan.unit_ids, stats[1]))
 
         return apply
 
@@ -292,6 +384,33 @@ class TFStepHook(StepHook):
             sums = sums * tf.stack([1.0 / (scale * scale), 1.0, 1.0, 1.0])
         return _stats.update_values(sums, plan, self.clipnorm, self.global_clipnorm)
 
+    def _hist_counts(self, grads, variables, before, plan):
+        """`[plan.units, 3, BINS + 1]` counts of the gradient (unscaled), the
+        weights after the update and the update, per unit."""
+        scale = None
+        if self.loss_scaled:
+            scale = tf.cast(self.optimizer.dynamic_scale, tf.float32)
+        signals = ([], [], [])
+        for k in plan.kept:
+            g = tf.cast(tf.convert_to_tensor(grads[k]), tf.float32)
+            a = tf.cast(tf.convert_to_tensor(variables[k]), tf.float32)
+            b = tf.cast(before[k], tf.float32)
+            for part, x in zip(signals, (g if scale is None else g / scale, a, a - b),
+                               strict=True):  # fmt: skip
+                part.append((x, False))
+        return _stats.histogram_counts(signals, plan, self._count)
+
+    def _count(self, codes):
+        """The bincount of one variable's histogram codes."""
+        if getattr(self.model, "jit_compile", False):
+            # XLA needs a static size, which bincount's output does not have.
+            return tf.math.unsorted_segment_sum(
+                tf.ones_like(codes), codes, _histogram.CODES
+            )
+        return tf.math.bincount(
+            codes, minlength=_histogram.CODES, maxlength=_histogram.CODES
+        )
+
     # -- on the host -------------------------------------------------------------
 
     def read(self):
@@ -300,6 +419,13 @@ class TFStepHook(StepHook):
 
     def forget_rows(self):
         self.steps.assign(np.full([self.capacity], -1, np.int64))
+        if self.histograms:
+            self.hist_steps.assign(np.full(self.hist_steps.shape, -1, np.int64))
+
+    def read_histograms(self):
+        """`(steps, counts)` of the histogram ring, read with the rows."""
+        size = self.hist_capacity
+        return self.hist_steps.numpy()[:size], self.hist_rows.numpy()[:size]
 
     def read_counter(self):
         if not self._dispatching:

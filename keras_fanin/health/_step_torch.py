@@ -5,7 +5,9 @@ the wrappers reduce on the device (fused multi-tensor norms, as torch's own
 `clip_grad_norm_` computes them) and write one row of a device tensor with no
 host sync; other steps cost nothing but a Python comparison. The host copies
 the buffer once per flush. The wrapped attributes are those of `_step_tf`:
-`model.train_step`, `optimizer.apply` and each unit's `call`.
+`model.train_step`, `optimizer.apply` and each unit's `call`. With
+`histograms=k`, every `k`-th logged step also buckets the gradient, the
+weights and the update (`_stats.histogram_counts`) into a second ring.
 """
 
 import keras
@@ -13,8 +15,10 @@ import numpy as np
 import torch
 
 from keras_fanin.health import _stats
-from keras_fanin.health._hook import StepHook
+from keras_fanin.health._hook import HISTOGRAMS, PLAIN, StepHook
 from keras_fanin.health._units import first_float
+from keras_fanin_logs import _histogram
+from keras_fanin_logs._signals import HISTOGRAMS as HIST_SIGNALS
 
 
 def _norms(tensors):
@@ -30,10 +34,11 @@ class TorchStepHook(StepHook):
     """Installs the wrappers on one compiled model and owns its buffer."""
 
     def __init__(self, model, layout, every_n_steps, capacity, saturation_eps,
-                 activations, start_step):  # fmt: skip
+                 activations, start_step, histograms=None):  # fmt: skip
         super().__init__(
-            model, layout, every_n_steps, capacity, saturation_eps, activations
-        )
+            model, layout, every_n_steps, capacity, saturation_eps, activations,
+            histograms,
+        )  # fmt: skip
         device = keras.ops.convert_to_tensor(0.0).device
         self.rows = torch.full((capacity, layout.width), float("nan"), device=device)
         self.steps = np.full([capacity], -1, np.int64)  # the host knows each step
@@ -43,6 +48,14 @@ class TorchStepHook(StepHook):
         self._values, self._outputs = [], {}
         self._indices = {}
         self._before = {}  # copies of the weights before a logged update
+        self._hist = False  # this step writes histograms
+        if histograms:
+            self.hist_rows = torch.zeros(
+                (self.hist_capacity, len(layout.units), len(HIST_SIGNALS),
+                 _histogram.BINS + 1),
+                dtype=torch.int32, device=device,
+            )  # fmt: skip
+            self.hist_steps = np.full([self.hist_capacity], -1, np.int64)
 
     # -- install / uninstall -------------------------------------------------
 
@@ -68,7 +81,8 @@ class TorchStepHook(StepHook):
 
     def logged_step(self, original):
         def train_step(*args, **kwargs):
-            self._logging = self.step % self.every_n == 0
+            mode = self.mode(self.step)
+            self._logging, self._hist = mode != PLAIN, mode == HISTOGRAMS
             self._values, self._outputs = [], {}
             try:
                 logs = original(*args, **kwargs)
@@ -132,6 +146,8 @@ class TorchStepHook(StepHook):
             with torch.no_grad():
                 after = [variables[k].value.detach() for k in plan.kept]
                 self._update_stats(grads, plan, after, before, b_norms)
+                if self._hist and plan.units:
+                    self._write_hist(grads, plan, after, before)
             return result
 
         return apply
@@ -157,6 +173,35 @@ class TorchStepHook(StepHook):
         values = _stats.update_values(sums, plan, self.clipnorm, self.global_clipnorm)
         self._values.append((plan.cols, values))
 
+    def _write_hist(self, grads, plan, after, negated_updates):
+        """Writes the histogram counts of this step into its ring row (the
+        copies of the weights before now hold the update, negated)."""
+        scale = None
+        if self.loss_scaled:
+            scale = keras.ops.convert_to_tensor(self.optimizer.dynamic_scale).float()
+        gs = [grads[k].float() for k in plan.kept]
+        if scale is not None:
+            gs = [g / scale for g in gs]
+        signals = (
+            [(g, False) for g in gs],
+            [(a, False) for a in after],
+            [(u, True) for u in negated_updates],
+        )
+        counts = _stats.histogram_counts(
+            signals,
+            plan,
+            lambda codes: torch.bincount(codes, minlength=_histogram.CODES).int(),
+        )
+        row = self.hist_row(self.step)
+        key = ("hist", *plan.unit_ids)
+        if key not in self._indices:
+            self._indices[key] = torch.tensor(
+                plan.unit_ids, device=self.hist_rows.device
+            )
+        self.hist_rows[row, self._indices[key]] = counts
+        self.hist_steps[row] = self.step
+        self.layout.hist_written.update(plan.unit_ids)
+
     def _write_row(self):
         with torch.no_grad():
             cols, updates, bad = self.row_values(self._values, self._outputs.values())
@@ -179,6 +224,12 @@ class TorchStepHook(StepHook):
 
     def forget_rows(self):
         self.steps[:] = -1
+        if self.histograms:
+            self.hist_steps[:] = -1
+
+    def read_histograms(self):
+        """`(steps, counts)` of the histogram ring: one device-to-host copy."""
+        return self.hist_steps.copy(), self.hist_rows.cpu().numpy()
 
     def read_counter(self):
         return self.step

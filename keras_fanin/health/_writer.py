@@ -18,9 +18,11 @@ import struct
 import time
 
 import keras
+import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as cs_metadata
+from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.plugins.text import metadata as text_metadata
@@ -61,6 +63,12 @@ _SCALAR_METADATA = scalar_metadata.create_summary_metadata(
     display_name="", description=""
 )
 _SCALAR_METADATA.data_class = summary_pb2.DataClass.DATA_CLASS_SCALAR
+
+
+_HISTOGRAM_METADATA = histogram_metadata.create_summary_metadata(
+    display_name="", description=""
+)
+_HISTOGRAM_METADATA.data_class = summary_pb2.DataClass.DATA_CLASS_TENSOR
 
 
 def _scalar_tensor(value):
@@ -173,6 +181,22 @@ class EventWriter:
             ),
             metadata=cs_metadata.create_summary_metadata(),
         )
+        self._add(event)
+
+    def write_histograms(self, step, histograms):
+        """Writes `{tag: [k, 3] float64 (left, right, count)}` at `step` as one
+        event, the tensors `tf.summary.histogram` writes (histograms plugin)."""
+        event = event_pb2.Event(wall_time=time.time(), step=int(step))
+        for tag, buckets in histograms.items():
+            tensor = tensor_pb2.TensorProto(
+                dtype=types_pb2.DT_DOUBLE,
+                tensor_content=np.ascontiguousarray(buckets, "<f8").tobytes(),
+            )
+            tensor.tensor_shape.dim.add(size=len(buckets))
+            tensor.tensor_shape.dim.add(size=3)
+            event.summary.value.add(
+                tag=tag, tensor=tensor, metadata=_HISTOGRAM_METADATA
+            )
         self._add(event)
 
     def write_image(self, step, tag, png, width, height, description=""):

@@ -9,6 +9,8 @@ into an iframe. The routes answer JSON read through the data provider:
     /verdicts?run=R              report's table and verdicts for run R
     /matrix?run=R&signal=S       signal S, layers x logged steps
     /layer?run=R&layer=L         every signal of layer L over the steps
+    /distribution?run=R&layer=L  layer L's histograms over the steps
+                                 (`GradientHealth(histograms=k)`), on the bins
 """
 
 import json
@@ -56,6 +58,7 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
             "/verdicts": self._serve_verdicts,
             "/matrix": self._serve_matrix,
             "/layer": self._serve_layer,
+            "/distribution": self._serve_distribution,
         }
         for name in sorted(os.listdir(STATIC)):
             if os.path.splitext(name)[1] in _TYPES:
@@ -154,3 +157,13 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
         if name not in _views.names(run):
             raise errors.NotFoundError(f"No layer {name!r} in this run")
         return self._json(request, _views.layer(run, name))
+
+    @_application
+    def _serve_distribution(self, request):
+        name, run = self._run(request)
+        layer = request.args.get("layer")
+        if layer not in _views.names(run):
+            raise errors.NotFoundError(f"No layer {layer!r} in this run")
+        ctx, experiment = self._where(request)
+        histograms = self._reader.histograms(ctx, experiment, name, layer)
+        return self._json(request, _views.distribution(layer, histograms))

@@ -23,6 +23,7 @@ from tensorboard.data import provider
 
 from keras_fanin_logs._report import merge_layers
 from keras_fanin_logs._signals import (
+    HISTOGRAMS,
     LAYERS_TAG,
     PLUGIN_NAME,
     RUN_NAME,
@@ -32,12 +33,15 @@ from keras_fanin_logs._signals import (
 
 SCALARS = "scalars"
 TEXT = "text"
+HISTOGRAM_PLUGIN = "histograms"
 # Scalars per series when TensorBoard's `--samples_per_plugin` says nothing:
 # a heatmap's width, and what keeps 5 cold runs of 100 layers drawing within
 # 2 s (the provider builds a Python object per point; 500 took 3.2 s).
 DEFAULT_SAMPLES = 250
 # Enough for any layer table or warning series TensorBoard keeps.
 TENSOR_SAMPLES = 1000
+# Histograms per series: a distribution chart's columns.
+HISTOGRAM_SAMPLES = 500
 CACHED_RUNS = 32
 # Seconds a run's kept series are served without asking whether they moved.
 FRESH = 1.0
@@ -179,3 +183,21 @@ class Reader:
                 layers = merge_layers(layers, rows)
             tables[name] = layers
         return tables
+
+    def histograms(self, ctx, experiment, run, layer):
+        """`{signal: [(step, spans)]}` of one layer's histograms (`spans`: the
+        `[k, 3]` rows `(left, right, count)` GradientHealth wrote), step order."""
+        tags = [f"{signal}/{layer}" for signal in HISTOGRAMS]
+        data = self._provider.read_tensors(
+            ctx,
+            experiment_id=experiment,
+            plugin_name=HISTOGRAM_PLUGIN,
+            downsample=HISTOGRAM_SAMPLES,
+            run_tag_filter=provider.RunTagFilter(runs=[run], tags=tags),
+        ).get(run, {})
+        out = {}
+        for signal, tag in zip(HISTOGRAMS, tags, strict=True):
+            points = sorted(data.get(tag, []), key=lambda d: d.step)
+            if points:
+                out[signal] = [(int(d.step), np.asarray(d.numpy)) for d in points]
+        return out

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from keras_fanin_logs import judge
+from keras_fanin_logs import _histogram, judge
 from keras_fanin_logs._picture import layer_rows
 from keras_fanin_logs._report import (
     depth_ratio,
@@ -227,3 +227,29 @@ def verdicts(name, run):
         "thresholds": THRESHOLDS,
     }
     return json_safe(data)
+
+
+def distribution(name, histograms):
+    """One layer's histograms over the steps, on the fixed bins: per signal,
+    `{"steps": [...], "first": b, "counts": [[...], ...]}`, the counts of bins
+    `first` on (the span any step filled), one row a step."""
+    out = {}
+    for signal, points in histograms.items():
+        rows = np.zeros((len(points), _histogram.BINS), np.int64)
+        for i, (_, spans) in enumerate(points):
+            spans = np.asarray(spans, np.float64).reshape(-1, 3)
+            if len(spans):
+                rows[i, _histogram.bins_of(spans)] = spans[:, 2]
+        filled = np.flatnonzero(rows.sum(axis=0))
+        first, last = (filled[0], filled[-1] + 1) if len(filled) else (0, 0)
+        out[signal] = {
+            "steps": [step for step, _ in points],
+            "first": int(first),
+            "counts": rows[:, first:last].tolist(),
+        }
+    return {
+        "layer": name,
+        "edges": [float(e) for e in _histogram.EDGES],
+        "zero_bin": _histogram.ZERO_BIN,
+        "signals": out,
+    }

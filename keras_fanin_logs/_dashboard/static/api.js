@@ -100,4 +100,8 @@ export class Store {
   layer(run, layer) {
     return this._once(`layer\n${run}\n${layer}`, () => getJSON("layer", { run, layer }));
   }
+
+  distribution(run, layer) {
+    return this._once(`distribution\n${run}\n${layer}`, () => getJSON("distribution", { run, layer }));
+  }
 }

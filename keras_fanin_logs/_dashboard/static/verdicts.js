@@ -4,6 +4,7 @@
 import { num } from "./api.js";
 import { h } from "./dom.js";
 import { fmt, fmtStep } from "./format.js";
+import { drawDistribution } from "./distribution.js";
 import { drawSeries } from "./series.js";
 
 const BADGES = {
@@ -128,8 +129,12 @@ export function drawTables(root, { runs, verdicts, store, samples, open }) {
         tr.after(detail);
         const cell = h("td", { colspan: COLUMNS.length }, detail);
         h("p", { class: "muted", text: "loading…" }, cell);
-        const data = await store.layer(run.run, layer.name);
+        const [data, distribution] = await Promise.all([
+          store.layer(run.run, layer.name),
+          store.distribution(run.run, layer.name),
+        ]);
         drawSeries(cell, data, section.clientWidth - 40, v.thresholds);
+        drawDistribution(cell, distribution, Math.min(section.clientWidth - 140, 900));
       };
       const toggle = () => {
         const next = tr.nextElementSibling;
