@@ -8,6 +8,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.request
 import zipfile
@@ -124,6 +125,11 @@ def test_build_makes_an_sdist_and_a_wheel_that_twine_passes(dist):
     ]
     out = _run([sys.executable, "-m", "twine", "check", "--strict", "*"], cwd=dist)
     assert out.count("PASSED") == 2
+    # The sdist runs its own tests and keeps the changelog.
+    with tarfile.open(dist / f"keras_fanin-{version}.tar.gz") as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    assert {"CHANGELOG.md", "tests/conftest.py", "tests/helpers.py",
+            "docs/design.md", "examples/deep_relu_init.py"} <= names  # fmt: skip
 
 
 def test_the_wheel_has_the_version_entry_points_and_data(dist):
