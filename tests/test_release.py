@@ -128,7 +128,7 @@ def test_build_makes_an_sdist_and_a_wheel_that_twine_passes(dist):
     # The sdist runs its own tests and keeps the changelog.
     with tarfile.open(dist / f"keras_fanin-{version}.tar.gz") as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
-    assert {"CHANGELOG.md", "tests/conftest.py", "tests/helpers.py",
+    assert {"CHANGELOG.md", "LICENSE", "tests/conftest.py", "tests/helpers.py",
             "docs/design.md", "examples/deep_relu_init.py"} <= names  # fmt: skip
 
 
@@ -152,6 +152,7 @@ def test_the_wheel_has_the_version_entry_points_and_data(dist):
     }
     assert wanted - names == set()
     assert {"keras_fanin/py.typed", "keras_fanin_logs/py.typed"} <= names
+    assert f"{info}/licenses/LICENSE" in names
 
 
 @pytest.mark.slow
