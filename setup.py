@@ -11,7 +11,8 @@ exec((HERE / "keras_fanin" / "version.py").read_text(), version)
 # TensorFlow comes through an extra, as JAX ships jax[cpu] / jax[cuda12]: the
 # `tensorflow` and `tensorflow-cpu` wheels install the same `tensorflow` module
 # under two distribution names, and a plain requirement on one would pull the
-# other in next to a user's existing install. See "Installing" in README.md.
+# other in next to a user's existing install. See "Installing" in
+# docs/getting-started.md.
 TENSORFLOW = "2.21"
 setup(
     name="keras-fanin",
@@ -62,6 +63,10 @@ setup(
             "ruff>=0.6",
             # The dashboard's browser tests drive the system's Chromium.
             "playwright>=1.40",
+            # The documentation site: tests/test_docs.py builds it (--strict).
+            "mkdocs>=1.6",
+            "mkdocs-material>=9.5",
+            "mkdocstrings[python]>=0.26",
         ],
     },
     classifiers=[
