@@ -309,7 +309,9 @@ def test_the_convention_gives_each_block_its_kind(tmp_path):
         ("```python\nx\n", "never closed"),
         ("<!-- setup: x\nx = 1\n", "no `-->` line"),
     ],
-)
+    ids=["language", "no-reason", "not-python", "not-right-before", "unclosed",
+         "unclosed-setup"],
+)  # fmt: skip
 def test_the_convention_refuses_a_block_it_has_no_kind_for(tmp_path, text, message):
     page = tmp_path / "page.md"
     page.write_text(text)
