@@ -348,7 +348,7 @@ def lsuv(
     >>> report = keras_fanin.lsuv(model, np.random.normal(size=(256, 64)))
     >>> [round(r.variance_after, 2) for r in report]  # doctest: +SKIP
     [1.0, 1.0]
-    >>> rebuilt = keras.Model.from_config(model.get_config())  # same kernels
+    >>> rebuilt = keras.Sequential.from_config(model.get_config())  # same kernels
 
     Args:
         model: A Keras model (or layer) holding the kernel layers. It must run
