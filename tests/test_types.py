@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.test_docs import PAGES, ROOT, read_blocks
 
 # Names the README's snippets take as given (a user's model and data).
 PRELUDE = """\
@@ -54,10 +54,16 @@ def _mypy(cache, *files):
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def _readme_examples():
-    """The README's python code blocks, in order."""
-    text = (ROOT / "README.md").read_text()
-    return re.findall(r"^```python\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+def _user_pages():
+    """`{page: its Python code}`: every page's setup and run blocks in order
+    (tests/test_docs.py's convention), as one module: the code a user copies
+    from README.md and the docs."""
+    pages = {}
+    for path in PAGES:
+        code = [b.code for b in read_blocks(path) if b.kind in ("setup", "run")]
+        if code:
+            pages[path.relative_to(ROOT).as_posix()] = "\n\n".join(code)
+    return pages
 
 
 def test_the_package_type_checks(tmp_path):
@@ -65,16 +71,17 @@ def test_the_package_type_checks(tmp_path):
     assert code == 0, out
 
 
-def test_the_readme_examples_type_check_as_user_code(tmp_path):
-    examples = _readme_examples()
-    assert len(examples) >= 5
+def test_the_docs_examples_type_check_as_user_code(tmp_path):
+    pages = _user_pages()
+    assert {"README.md", "docs/initializers.md", "docs/gradient-health.md"} <= set(pages)
     files = []
-    for i, example in enumerate(examples):
-        # One module each: the snippets reuse names such as `report`.
-        path = tmp_path / f"readme_example_{i}.py"
-        path.write_text(PRELUDE + "\n" + example)
+    for i, code in enumerate(pages.values()):
+        path = tmp_path / f"page_{i}.py"
+        path.write_text(PRELUDE + "\n" + code)
         files.append(path)
-    code, out = _mypy(tmp_path / "cache", *files)
+    # A page's blocks run in one namespace and may give a name a new value
+    # of another type, as a user's notebook does.
+    code, out = _mypy(tmp_path / "cache", "--allow-redefinition", *files)
     assert code == 0, out
 
 
