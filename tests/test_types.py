@@ -2,7 +2,6 @@
 strict on the modules that define the public API; the README's examples as a
 user's code; and wrong calls, which it must report."""
 
-import pathlib
 import re
 import subprocess
 import sys
