@@ -72,7 +72,9 @@ def test_the_package_type_checks(tmp_path):
 
 def test_the_docs_examples_type_check_as_user_code(tmp_path):
     pages = _user_pages()
-    assert {"README.md", "docs/initializers.md", "docs/gradient-health.md"} <= set(pages)
+    assert {"README.md", "docs/initializers.md", "docs/gradient-health.md"} <= set(
+        pages
+    )
     files = []
     for i, code in enumerate(pages.values()):
         path = tmp_path / f"page_{i}.py"
