@@ -5,7 +5,7 @@ the callback's machinery and TensorBoard's reader, so `import keras_fanin` stays
 cheap and backend-agnostic.
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from keras_fanin._fans import compute_fans
 from keras_fanin._gains import calculate_gain
@@ -54,7 +54,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 

@@ -9,12 +9,19 @@ einsum and attention kernels included).
 import dataclasses
 import numbers
 from collections.abc import Iterable
+from typing import Any, Literal, SupportsIndex, TypeAlias
 
 import keras
 
 from keras_fanin._validation import check_one_of, describe
 
 MODES = ("fan_in", "fan_out", "fan_avg")
+Mode: TypeAlias = Literal["fan_in", "fan_out", "fan_avg"]
+
+# A kernel shape or a list of axes: Python or NumPy ints (a TensorShape, a
+# tuple, `array.shape`).
+ShapeLike: TypeAlias = Iterable[SupportsIndex]
+Axes: TypeAlias = tuple[int, ...]
 
 
 class _DimensionError(ValueError, TypeError):
@@ -22,12 +29,17 @@ class _DimensionError(ValueError, TypeError):
     a shape it cannot read, and a `TypeError`, as keras_fanin raised before."""
 
 
-def _is_int(value):
+def _is_int(value: object) -> bool:
     # Python and numpy ints; bools (Python's and numpy's) are not dimensions.
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _as_int_tuple(name, value, what, item_error=TypeError):
+def _as_int_tuple(
+    name: str,
+    value: object,
+    what: str,
+    item_error: type[Exception] = TypeError,
+) -> Axes:
     """`value` as a tuple of ints, or a TypeError (`item_error` for a bad
     item) naming `name`."""
     if (
@@ -49,7 +61,7 @@ def _as_int_tuple(name, value, what, item_error=TypeError):
     return tuple(int(item) for item in items)
 
 
-def check_shape(shape):
+def check_shape(shape: object) -> Axes:
     """Returns `shape` as a tuple of Python ints, or raises naming `shape`."""
     what = "a sequence of non-negative integers"
     dims = _as_int_tuple("shape", shape, what, _DimensionError)
@@ -60,7 +72,7 @@ def check_shape(shape):
     return dims
 
 
-def _check_axes(name, axes, rank):
+def _check_axes(name: str, axes: object, rank: int | None) -> list[int] | None:
     """`axes` as a list of ints; with `rank`, also checks them against the kernel."""
     if axes is None:
         return None
@@ -79,14 +91,20 @@ def _check_axes(name, axes, rank):
     return list(axes)
 
 
-def check_axes(input_axes, output_axes):
+def check_axes(
+    input_axes: object, output_axes: object
+) -> tuple[list[int] | None, list[int] | None]:
     """Validates the `input_axes` / `output_axes` pair of an initializer."""
     return _check_axes("input_axes", input_axes, None), _check_axes(
         "output_axes", output_axes, None
     )
 
 
-def compute_fans(shape, input_axes=None, output_axes=None):
+def compute_fans(
+    shape: ShapeLike,
+    input_axes: ShapeLike | None = None,
+    output_axes: ShapeLike | None = None,
+) -> tuple[int, int]:
     """Returns `(fan_in, fan_out)` of a kernel in Keras's layout.
 
     A kernel is `(..., in, out)`: for rank >= 3 the leading axes are the
@@ -115,13 +133,13 @@ def compute_fans(shape, input_axes=None, output_axes=None):
     shape = check_shape(shape)
     both = input_axes is not None and output_axes is not None
     rank = len(shape) if both else None  # one axes argument alone is ignored
-    input_axes = _check_axes("input_axes", input_axes, rank)
-    output_axes = _check_axes("output_axes", output_axes, rank)
-    if both:
+    inputs = _check_axes("input_axes", input_axes, rank)
+    outputs = _check_axes("output_axes", output_axes, rank)
+    if inputs is not None and outputs is not None:
         fan_in = fan_out = 1
-        for axis in input_axes:
+        for axis in inputs:
             fan_in *= shape[axis]
-        for axis in output_axes:
+        for axis in outputs:
             fan_out *= shape[axis]
         return fan_in, fan_out
     if len(shape) == 0:
@@ -134,7 +152,7 @@ def compute_fans(shape, input_axes=None, output_axes=None):
     return shape[-2] * receptive_field, shape[-1] * receptive_field
 
 
-def fan_for_mode(fan_in, fan_out, mode):
+def fan_for_mode(fan_in: float, fan_out: float, mode: str) -> float:
     """Returns the fan that `mode` divides the variance by (at least 1).
 
     Clamping at 1 keeps empty kernels (a zero-sized axis) from dividing by zero,
@@ -171,11 +189,11 @@ class Kernel:
     """
 
     name: str  # within the layer: "kernel", "depthwise_kernel", "query/kernel"
-    variable: object
+    variable: Any
     argument: str | None  # the layer's constructor argument for its initializer
-    initializer: object
-    input_axes: tuple | None
-    output_axes: tuple | None
+    initializer: Any
+    input_axes: tuple[int, ...] | None
+    output_axes: tuple[int, ...] | None
     fan_in: int
     fan_out: int
     stage: int | None = 0
@@ -185,14 +203,14 @@ class Kernel:
     axes_given: bool = False
     # The object whose `argument` attribute holds the initializer (the layer,
     # or an RNN's cell): where `fix` writes a new one.
-    owner: object = dataclasses.field(default=None, repr=False, compare=False)
+    owner: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
-    def shape(self):
+    def shape(self) -> Axes:
         return tuple(int(d) for d in self.variable.shape)
 
 
-def depthwise_axes(rank):
+def depthwise_axes(rank: int) -> tuple[Axes, Axes]:
     """`(input_axes, output_axes)` of a depthwise kernel `(*field, channels,
     multiplier)`: each output sums one channel over the receptive field, and
     each input feeds the field times the multiplier outputs. (Keras's layout
@@ -202,7 +220,7 @@ def depthwise_axes(rank):
     return field, (*field, rank - 1)
 
 
-def einsum_axes(equation):
+def einsum_axes(equation: str) -> tuple[Axes, Axes]:
     """`(input_axes, output_axes)` of an `EinsumDense` kernel, as Keras reads
     them: a kernel axis the output has is an output axis, one only the input
     has an input axis."""
@@ -228,7 +246,14 @@ _ATTENTION = {
 }
 
 
-def _kernel(name, variable, layer, argument, axes=None, **flags):
+def _kernel(
+    name: str,
+    variable: Any,
+    layer: Any,
+    argument: str,
+    axes: tuple[Axes, Axes] | None = None,
+    **flags: Any,
+) -> Kernel:
     input_axes, output_axes = axes if axes is not None else (None, None)
     fan_in, fan_out = compute_fans(tuple(variable.shape), input_axes, output_axes)
     return Kernel(
@@ -245,13 +270,14 @@ def _kernel(name, variable, layer, argument, axes=None, **flags):
     )
 
 
-def sublayers(layer):
+def sublayers(layer: Any) -> list[Any]:
     """The layers `layer` holds as attributes (one level down), in order."""
     if isinstance(layer, keras.Model):
         return [s for s in layer.layers if not isinstance(s, keras.layers.InputLayer)]
-    found, seen = [], {id(layer)}
+    found: list[Any] = []
+    seen = {id(layer)}
 
-    def add(value):
+    def add(value: object) -> None:
         if isinstance(value, keras.layers.Layer):
             if id(value) not in seen:
                 seen.add(id(value))
@@ -270,7 +296,7 @@ def sublayers(layer):
     return found
 
 
-def layer_kernels(layer, _above=()):
+def layer_kernels(layer: Any, _above: tuple[int, ...] = ()) -> list[Kernel]:
     """The kernels of `layer` and of the layers inside it, each with its fan rule.
 
     Dense, convolution and `EinsumDense` kernels; depthwise and separable
@@ -289,7 +315,7 @@ def layer_kernels(layer, _above=()):
         ]
     if isinstance(layer, keras.layers.RNN):
         cells = getattr(layer.cell, "cells", [layer.cell])
-        kernels = []
+        kernels: list[Kernel] = []
         for stage, cell in enumerate(cells):
             prefix = f"cell_{stage}/" if len(cells) > 1 else ""
             for name, argument, side in (

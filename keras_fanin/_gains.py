@@ -9,7 +9,8 @@ import functools
 import inspect
 import math
 import numbers
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple, TypeAlias
 
 import keras
 import numpy as np
@@ -24,8 +25,15 @@ from keras_fanin._validation import (
 _DEFAULT_LEAKY_SLOPE = 0.01  # PyTorch's default, so that the values match theirs.
 METHODS = ("pytorch", "second_moment")
 
+# An activation: its name, a function, or a Keras activation layer (a
+# callable too).
+Nonlinearity: TypeAlias = str | Callable[..., Any]
+# An initializer's `gain`: a number, or the activation whose gain it is.
+Gain: TypeAlias = float | Nonlinearity
+Floats: TypeAlias = np.ndarray[Any, np.dtype[np.float64]]
 
-def _leaky_relu_gain(slope):
+
+def _leaky_relu_gain(slope: float) -> float:
     try:
         return math.sqrt(2.0 / (1.0 + slope**2))  # PyTorch's formula, to the bit
     except OverflowError:  # slope > ~1.3e154, where 1 + slope**2 == slope**2
@@ -34,7 +42,7 @@ def _leaky_relu_gain(slope):
 
 # PyTorch's `calculate_gain` table: name -> (gain as a function of the
 # parameter, initializer to advise). These names keep PyTorch's values.
-_TABLE = {
+_TABLE: dict[str, tuple[Callable[[Any], float], tuple[str, tuple[Any, ...]]]] = {
     "linear": (lambda _: 1.0, ("Xavier", ())),
     "conv1d": (lambda _: 1.0, ("Xavier", ())),
     "conv2d": (lambda _: 1.0, ("Xavier", ())),
@@ -64,7 +72,7 @@ _NAMED_VARIANTS = {
 
 
 @functools.cache
-def _quadrature():
+def _quadrature() -> tuple[Floats, Floats]:
     """Nodes and weights of `E[g(z)]` for `z ~ N(0, 1)`, as numpy float64 arrays.
 
     Composite 6-point Gauss-Legendre on panels 1/20 wide over [-12, 12]
@@ -84,7 +92,9 @@ def _quadrature():
     return nodes, weights * np.exp(-(nodes**2) / 2) / math.sqrt(2 * math.pi)
 
 
-def _evaluate(function, nodes, label, arg, received):
+def _evaluate(
+    function: Callable[..., Any], nodes: Floats, label: str, arg: str, received: Any
+) -> Floats:
     """`function(nodes)` as float64 numpy, or a ValueError naming `arg`."""
     try:
         values = function(keras.ops.convert_to_tensor(nodes.astype("float32")))
@@ -109,7 +119,9 @@ def _evaluate(function, nodes, label, arg, received):
     return values
 
 
-def _second_moment_gain(function, label, arg, received):
+def _second_moment_gain(
+    function: Callable[..., Any], label: str, arg: str, received: Any
+) -> float:
     """`1 / sqrt(E[f(z)^2])` for `z ~ N(0, 1)`, by quadrature."""
     nodes, weights = _quadrature()
     values = _evaluate(function, nodes, label, arg, received)
@@ -141,11 +153,11 @@ def _second_moment_gain(function, label, arg, received):
 
 
 @functools.cache
-def _named_second_moment_gain(name, arg):
+def _named_second_moment_gain(name: str, arg: str) -> float:
     return _second_moment_gain(_function_of(name), repr(name), arg, name)
 
 
-def _function_of(name):
+def _function_of(name: str) -> Callable[..., Any]:
     if name in _NAMED_VARIANTS:
         return _NAMED_VARIANTS[name]
     if name in _TABLE:
@@ -154,10 +166,11 @@ def _function_of(name):
             return functools.partial(
                 keras.activations.leaky_relu, negative_slope=_DEFAULT_LEAKY_SLOPE
             )
-    return keras.activations.get(name)
+    function: Callable[..., Any] = keras.activations.get(name)
+    return function
 
 
-def _known_names():
+def _known_names() -> list[str]:
     keras_names = [
         n
         for n in dir(keras.activations)
@@ -166,7 +179,7 @@ def _known_names():
     return sorted({*_TABLE, *_ALIASES, *_OUTPUT, *_NAMED_VARIANTS, *keras_names})
 
 
-def _lookup(nonlinearity, name, arg):
+def _lookup(nonlinearity: Any, name: str, arg: str) -> str:
     """A string's canonical name, or a ValueError listing the known ones."""
     key = name.lower()
     key = _ALIASES.get(key, key)
@@ -183,7 +196,7 @@ def _lookup(nonlinearity, name, arg):
     return key
 
 
-def _function_default_slope(function):
+def _function_default_slope(function: Callable[..., Any]) -> float | None:
     """The default slope a leaky-ReLU function declares, or None.
 
     Keras's and TensorFlow's default to 0.2, PyTorch's and JAX's to 0.01: the
@@ -203,7 +216,14 @@ def _function_default_slope(function):
 class _Spec:
     """What a nonlinearity resolved to: a name, its slope, or a bare function."""
 
-    def __init__(self, label, name=None, slope=None, function=None, layer=False):
+    def __init__(
+        self,
+        label: str,
+        name: str | None = None,
+        slope: float | None = None,
+        function: Callable[..., Any] | None = None,
+        layer: bool = False,
+    ) -> None:
         self.label = label  # for messages and configs
         self.name = name  # a canonical name, or None for a bare function
         self.slope = slope  # a leaky ReLU's own slope, or None
@@ -211,7 +231,7 @@ class _Spec:
         self.layer = layer  # whether it came from a layer (which fixes its slope)
 
 
-def _keras_name(function):
+def _keras_name(function: Callable[..., Any]) -> str | None:
     """The name Keras knows `function` by, or None."""
     name = getattr(function, "__name__", None)
     if not isinstance(name, str):
@@ -222,7 +242,7 @@ def _keras_name(function):
         return None
 
 
-def _label(function):
+def _label(function: Any) -> str:
     """A short readable name: `gelu(approximate=True)` for a partial."""
     if isinstance(function, functools.partial):
         arguments = [repr(a) for a in function.args] + [
@@ -233,7 +253,7 @@ def _label(function):
     return name if isinstance(name, str) else describe(function)
 
 
-def _resolve(nonlinearity, arg="nonlinearity"):
+def _resolve(nonlinearity: Any, arg: str = "nonlinearity") -> _Spec:
     if isinstance(nonlinearity, keras.layers.LeakyReLU):
         slope = nonlinearity.negative_slope
         return _Spec(f"LeakyReLU({slope})", "leaky_relu", slope, layer=True)
@@ -260,12 +280,11 @@ def _resolve(nonlinearity, arg="nonlinearity"):
             f"Received: {arg}={describe(nonlinearity)}"
         )
     if isinstance(nonlinearity, str):
-        name = _lookup(nonlinearity, nonlinearity, arg)
-        return _Spec(name, name)
+        key = _lookup(nonlinearity, nonlinearity, arg)
+        return _Spec(key, key)
     if callable(nonlinearity):
         own = getattr(nonlinearity, "__name__", None)
-        name = own.lower() if isinstance(own, str) else None
-        name = _ALIASES.get(name, name)
+        name = _ALIASES.get(own.lower(), own.lower()) if isinstance(own, str) else None
         if name in _TABLE or name in _OUTPUT:
             slope = (
                 _function_default_slope(nonlinearity) if name == "leaky_relu" else None
@@ -282,7 +301,7 @@ def _resolve(nonlinearity, arg="nonlinearity"):
     )
 
 
-def _gain(spec, param, method, arg):
+def _gain(spec: _Spec, param: float | None, method: str, arg: str) -> float:
     if param is not None and spec.layer:
         raise ValueError(
             f"Argument `param` must be None when `{arg}` is a Keras layer, "
@@ -305,13 +324,18 @@ def _gain(spec, param, method, arg):
     if spec.name in _OUTPUT:
         return 1.0
     if spec.name is None:
+        assert spec.function is not None  # a spec without a name holds a function
         return _second_moment_gain(spec.function, spec.label, arg, spec.function)
     if method == "pytorch" and spec.name in _TABLE:
         return _TABLE[spec.name][0](None)
     return _named_second_moment_gain(spec.name, arg)
 
 
-def calculate_gain(nonlinearity, param: float | None = None, method="pytorch") -> float:
+def calculate_gain(
+    nonlinearity: Nonlinearity,
+    param: float | None = None,
+    method: Literal["pytorch", "second_moment"] = "pytorch",
+) -> float:
     """Returns the recommended gain for a nonlinearity.
 
     The gain multiplies a LeCun (`1 / fan_in`) standard deviation so that the
@@ -418,14 +442,14 @@ def calculate_gain(nonlinearity, param: float | None = None, method="pytorch") -
     return _gain(_resolve(nonlinearity), param, method, "nonlinearity")
 
 
-def is_activation(value) -> bool:
+def is_activation(value: object) -> bool:
     """Whether an initializer's `gain` is an activation rather than a number."""
     return isinstance(value, (str, keras.layers.Layer)) or (
         callable(value) and not isinstance(value, numbers.Number)
     )
 
 
-def names_activation(value) -> bool:
+def names_activation(value: object) -> bool:
     """Whether `calculate_gain` knows what `value` is (without computing a gain)."""
     try:
         _resolve(value)
@@ -435,7 +459,7 @@ def names_activation(value) -> bool:
 
 
 def resolve_gain(
-    gain, gain_source: str | None = None, name: str = "gain"
+    gain: object, gain_source: str | None = None, name: str = "gain"
 ) -> tuple[float, str | None]:
     """Resolves an initializer's `gain` argument: a number or an activation.
 
@@ -481,15 +505,15 @@ class Advice(NamedTuple):
     """
 
     name: str  # "He", "LeCun" or "Xavier"
-    kwargs: tuple = ()  # ((argument, value), ...); a None value is unknown
+    kwargs: tuple[tuple[str, Any], ...] = ()  # ((argument, value), ...); None: unknown
 
-    def __str__(self):
+    def __str__(self) -> str:
         arguments = ", ".join(
             f"{k}={_UNKNOWN if v is None else repr(v)}" for k, v in self.kwargs
         )
         return f"keras_fanin.{self.name}({arguments})"
 
-    def make(self, **kwargs):
+    def make(self, **kwargs: Any) -> Any:
         """The initializer itself, with `kwargs` (axes) added; None while an
         argument is unknown."""
         if any(v is None for _, v in self.kwargs):
@@ -502,7 +526,7 @@ class Advice(NamedTuple):
 _UNKNOWN = "<the layer's slope>"
 
 
-def recommended(nonlinearity):
+def recommended(nonlinearity: object) -> Advice | None:
     """The `Advice` for a nonlinearity, or None if unknown."""
     try:
         spec = _resolve(nonlinearity)
@@ -520,7 +544,7 @@ def recommended(nonlinearity):
     return None
 
 
-def recommended_initializer(nonlinearity):
+def recommended_initializer(nonlinearity: object) -> str | None:
     """Returns the initializer to advise for a nonlinearity, or None if unknown."""
     advice = recommended(nonlinearity)
     return None if advice is None else str(advice)

@@ -7,19 +7,23 @@ Only `keras.*` APIs are used, so they run on any Keras backend.
 """
 
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any, Literal, TypeAlias
 
 import keras
 import numpy as np
 
 from keras_fanin._fans import (
     MODES,
+    Axes,
+    Mode,
+    ShapeLike,
     check_axes,
     check_shape,
     compute_fans,
     fan_for_mode,
 )
-from keras_fanin._gains import is_activation, names_activation, resolve_gain
+from keras_fanin._gains import Gain, is_activation, names_activation, resolve_gain
 from keras_fanin._seeds import FAN_SCALED_CONSEQUENCE, note_draw
 from keras_fanin._seeds import check_seed as _check_seed
 from keras_fanin._validation import (
@@ -30,6 +34,7 @@ from keras_fanin._validation import (
 )
 
 DISTRIBUTIONS = ("truncated_normal", "normal", "uniform")
+Distribution: TypeAlias = Literal["truncated_normal", "normal", "uniform"]
 # Keras spells an untruncated normal "untruncated_normal" ("normal" means
 # truncated there); this maps our names onto Keras's for its base class.
 _KERAS_DISTRIBUTION = {
@@ -67,7 +72,7 @@ _FLOAT_RANGE = {
 _ERF_SQRT2 = math.erf(math.sqrt(2.0))
 
 
-def _truncate(values, sigma):
+def _truncate(values: Any, sigma: float) -> Any:
     """Maps the draws beyond two sigmas into them, keeping the truncated law.
 
     Keras's torch backend keeps the first of four normal draws that lands
@@ -158,33 +163,33 @@ class FanScaling(keras.initializers.VarianceScaling):
 
     def __init__(
         self,
-        gain: float | str | Callable = 1.0,
-        mode: str = "fan_in",
-        distribution: str = "truncated_normal",
+        gain: Gain = 1.0,
+        mode: Mode = "fan_in",
+        distribution: Distribution = "truncated_normal",
         seed: int | keras.random.SeedGenerator | None = None,
-        input_axes: list[int] | None = None,
-        output_axes: list[int] | None = None,
+        input_axes: Sequence[int] | None = None,
+        output_axes: Sequence[int] | None = None,
         gain_source: str | None = None,
-    ):
+    ) -> None:
         self._setup(
             gain, mode, 1.0, distribution, seed, input_axes, output_axes, gain_source
         )
 
     def _setup(
         self,
-        gain,
-        mode,
-        numerator,
-        distribution,
-        seed,
-        input_axes,
-        axes_out,
-        gain_source=None,
-    ):
+        gain: object,
+        mode: object,
+        numerator: float,
+        distribution: object,
+        seed: object,
+        input_axes: object,
+        axes_out: object,
+        gain_source: str | None = None,
+    ) -> None:
         """Validates every argument, then lets Keras's base class store its own."""
         gain, source = resolve_gain(gain, gain_source)
         check_one_of("mode", mode, MODES)
-        check_one_of("distribution", distribution, DISTRIBUTIONS)
+        distribution = check_one_of("distribution", distribution, DISTRIBUTIONS)
         seed = _check_seed(seed)
         input_axes, axes_out = check_axes(input_axes, axes_out)
         super().__init__(
@@ -202,7 +207,7 @@ class FanScaling(keras.initializers.VarianceScaling):
         self._numerator = numerator
         self._seed_argument = seed
 
-    def stddev(self, shape) -> float:
+    def stddev(self, shape: ShapeLike) -> float:
         """Returns the standard deviation this initializer draws for `shape`.
 
         A finite Python float (the exact value, before any rounding to the
@@ -214,13 +219,15 @@ class FanScaling(keras.initializers.VarianceScaling):
             self._numerator / fan_for_mode(fan_in, fan_out, self.mode)
         )
 
-    def _std_arguments(self):
+    def _std_arguments(self) -> str:
         """The arguments that set the std, for error messages."""
         if self.gain_source is not None:
             return f"gain={self.gain!r} (from {self.gain_source!r})"
         return f"gain={self.gain!r}"
 
-    def _check_draw(self, shape, dtype, stddev, requested=None):
+    def _check_draw(
+        self, shape: Axes, dtype: str, stddev: float, requested: str | None = None
+    ) -> None:
         """Raises if a draw in `dtype` would hold inf, or round every weight to 0."""
         if dtype not in _FLOAT_RANGE:  # a float dtype of a future Keras
             return
@@ -247,7 +254,7 @@ class FanScaling(keras.initializers.VarianceScaling):
                 f"Received: gain={self.gain!r}"
             )
 
-    def __call__(self, shape, dtype=None):
+    def __call__(self, shape: ShapeLike, dtype: Any = None) -> Any:
         """Draws a kernel of `shape` in `dtype` (default: `keras.config.floatx()`).
 
         Raises:
@@ -275,7 +282,7 @@ class FanScaling(keras.initializers.VarianceScaling):
         note_draw(self, shape, FAN_SCALED_CONSEQUENCE)
         return values
 
-    def _draw(self, shape, dtype, stddev):
+    def _draw(self, shape: Axes, dtype: str, stddev: float) -> Any:
         if self.distribution == "truncated_normal":
             sigma = stddev / _TRUNCATED_STD
             values = keras.random.truncated_normal(
@@ -297,7 +304,7 @@ class FanScaling(keras.initializers.VarianceScaling):
             shape, minval=-limit, maxval=limit, dtype=dtype, seed=self.seed
         )
 
-    def _base_config(self, **specific):
+    def _base_config(self, **specific: Any) -> dict[str, Any]:
         # Constructor order, so that configs read like the call that made them.
         return {
             "gain": self.gain,
@@ -308,10 +315,10 @@ class FanScaling(keras.initializers.VarianceScaling):
             "output_axes": self.output_axes,
         }
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**self._base_config(mode=self.mode), "gain_source": self.gain_source}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
 
@@ -357,11 +364,11 @@ class He(FanScaling):
         self,
         gain: float = 1.0,
         negative_slope: float = 0.0,
-        distribution: str = "truncated_normal",
+        distribution: Distribution = "truncated_normal",
         seed: int | keras.random.SeedGenerator | None = None,
-        input_axes: list[int] | None = None,
-        output_axes: list[int] | None = None,
-    ):
+        input_axes: Sequence[int] | None = None,
+        output_axes: Sequence[int] | None = None,
+    ) -> None:
         if is_activation(gain) and names_activation(gain):
             raise ValueError(
                 "Argument `gain` of `He` must be a number: He already carries "
@@ -385,10 +392,10 @@ class He(FanScaling):
         )
         self.negative_slope = slope
 
-    def _std_arguments(self):
+    def _std_arguments(self) -> str:
         return f"gain={self.gain!r} and negative_slope={self.negative_slope!r}"
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return self._base_config(negative_slope=self.negative_slope)
 
 
@@ -433,13 +440,13 @@ class LeCun(FanScaling):
 
     def __init__(
         self,
-        gain: float | str | Callable = 1.0,
-        distribution: str = "truncated_normal",
+        gain: Gain = 1.0,
+        distribution: Distribution = "truncated_normal",
         seed: int | keras.random.SeedGenerator | None = None,
-        input_axes: list[int] | None = None,
-        output_axes: list[int] | None = None,
+        input_axes: Sequence[int] | None = None,
+        output_axes: Sequence[int] | None = None,
         gain_source: str | None = None,
-    ):
+    ) -> None:
         self._setup(
             gain,
             "fan_in",
@@ -451,7 +458,7 @@ class LeCun(FanScaling):
             gain_source,
         )
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**self._base_config(), "gain_source": self.gain_source}
 
 
@@ -495,13 +502,13 @@ class Xavier(FanScaling):
 
     def __init__(
         self,
-        gain: float | str | Callable = 1.0,
-        distribution: str = "truncated_normal",
+        gain: Gain = 1.0,
+        distribution: Distribution = "truncated_normal",
         seed: int | keras.random.SeedGenerator | None = None,
-        input_axes: list[int] | None = None,
-        output_axes: list[int] | None = None,
+        input_axes: Sequence[int] | None = None,
+        output_axes: Sequence[int] | None = None,
         gain_source: str | None = None,
-    ):
+    ) -> None:
         self._setup(
             gain,
             "fan_avg",
@@ -513,5 +520,5 @@ class Xavier(FanScaling):
             gain_source,
         )
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**self._base_config(), "gain_source": self.gain_source}

@@ -14,6 +14,8 @@ import math
 import numbers
 import random
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -55,11 +57,12 @@ class _Assign(keras.layers.Layer):
     a layer with `autocast=False` closes the scope while it runs.
     """
 
-    def __init__(self, variable):
+    def __init__(self, variable: Any) -> None:
         super().__init__(autocast=False, dtype=variable.dtype)
-        self.target = lambda: variable  # a function: not tracked as a weight
+        # A function: not tracked as a weight.
+        self.target: Callable[[], Any] = lambda: variable
 
-    def call(self, value):
+    def call(self, value: Any) -> Any:
         self.target().assign(value)
         return value
 
@@ -92,7 +95,7 @@ class LSUVRecord:
     converged: bool
 
 
-def _check_x(x):
+def _check_x(x: Any) -> None:
     """Raises unless every array in `x` is a non-empty batch of finite numbers."""
     leaves = keras.tree.flatten(x)
     if not leaves:
@@ -126,7 +129,7 @@ def _check_x(x):
             )
 
 
-def _check_tol(tol):
+def _check_tol(tol: object) -> float:
     tol = check_positive_finite("tol", tol)
     if tol >= 1:
         raise ValueError(
@@ -136,7 +139,7 @@ def _check_tol(tol):
     return tol
 
 
-def _check_seed(seed):
+def _check_seed(seed: object) -> int | None:
     if seed is not None and (
         isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
     ):
@@ -144,12 +147,15 @@ def _check_seed(seed):
             "Argument `seed` must be None or an int. "
             f"Received: seed={describe(seed)} of type {type(seed).__name__}"
         )
-    return seed
+    # int(): a NumPy int seeds the same stream.
+    return None if seed is None else int(seed)
 
 
-def _layers(root):
+def _layers(root: Any) -> list[Any]:
     """Every layer reachable from `root` through its attributes, `root` first."""
-    found, seen, stack = [], set(), [root]
+    found: list[Any] = []
+    seen: set[int] = set()
+    stack = [root]
     while stack:
         obj = stack.pop()
         if isinstance(obj, keras.layers.Layer):
@@ -165,9 +171,10 @@ def _layers(root):
     return found
 
 
-def _kernel_layers(model):
+def _kernel_layers(model: Any) -> tuple[list[Any], list[Any]]:
     """The layers whose `kernel` LSUV sets, and those it must leave alone."""
-    fit, skipped = [], []
+    fit: list[Any] = []
+    skipped: list[Any] = []
     for layer in _layers(model):
         kernel = getattr(layer, "kernel", None)
         if kernel is None:
@@ -188,7 +195,7 @@ def _kernel_layers(model):
     return fit, skipped
 
 
-def _variance(outputs):
+def _variance(outputs: Any) -> float:
     # The first float output: a Dense or Conv layer has just one.
     for out in keras.tree.flatten(outputs):
         if keras.backend.is_float_dtype(keras.backend.standardize_dtype(out.dtype)):
@@ -200,20 +207,26 @@ def _variance(outputs):
 class _Run:
     """The state of one `lsuv` call: which layers are done, and their records."""
 
-    def __init__(self, tol, max_iter, rng, dtypes):
+    def __init__(
+        self,
+        tol: float,
+        max_iter: int,
+        rng: np.random.Generator,
+        dtypes: dict[int, str],
+    ) -> None:
         self.tol, self.max_iter, self.rng = tol, max_iter, rng
         # Each kernel's own dtype, read outside the call: within a
         # mixed-precision call `kernel.dtype` is the compute dtype.
         self.dtypes = dtypes
-        self.records = {}  # layer id -> LSUVRecord, in the order reached
-        self.units = {}  # layer id -> (layer, seed, gain)
-        self.calls = {}  # layer id -> the layer's own `call`
+        self.records: dict[int, LSUVRecord] = {}  # by layer id, in the order reached
+        self.units: dict[int, tuple[Any, int, float]] = {}  # id -> (layer, seed, gain)
+        self.calls: dict[int, Callable[..., Any]] = {}  # id -> the layer's own `call`
         self.patches = Patches()
 
-    def wrap(self, layer):
+    def wrap(self, layer: Any) -> None:
         self.calls[id(layer)] = layer.call
 
-        def call(*args, **kwargs):
+        def call(*args: Any, **kwargs: Any) -> Any:
             original = self.calls[id(layer)]
             if id(layer) in self.records:  # a shared layer, called again
                 return original(*args, **kwargs)
@@ -221,18 +234,24 @@ class _Run:
 
         self.patches.set(layer, "call", call)
 
-    def fit(self, layer, original, args, kwargs):
+    def fit(
+        self,
+        layer: Any,
+        original: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
         kernel = layer.kernel
         shape = tuple(kernel.shape)
         dtype = self.dtypes[id(layer)]
         seed = int(self.rng.integers(1, 2**31 - 1))
         unit = Orthogonal(seed=seed)._unit(shape, dtype)
-        activation = getattr(layer, "activation", None)
+        activation: Any = getattr(layer, "activation", None)
         linear_first = callable(activation)
         mixed = keras.backend.standardize_dtype(layer.compute_dtype) != dtype
         assign = _Assign(kernel) if mixed else kernel.assign
 
-        def measure(gain):
+        def measure(gain: float) -> tuple[Any, float]:
             assign(keras.ops.cast(gain * unit, dtype))
             if not linear_first:
                 out = original(*args, **kwargs)
@@ -276,7 +295,7 @@ class _Run:
 
 def lsuv(
     model: keras.layers.Layer,
-    x,
+    x: Any,
     tol: float = 0.1,
     max_iter: int = 10,
     seed: int | None = None,
@@ -329,7 +348,7 @@ def lsuv(
     >>> report = keras_fanin.lsuv(model, np.random.normal(size=(256, 64)))
     >>> [round(r.variance_after, 2) for r in report]  # doctest: +SKIP
     [1.0, 1.0]
-    >>> rebuilt = keras.Model.from_config(model.get_config())  # same kernels
+    >>> rebuilt = keras.Sequential.from_config(model.get_config())  # same kernels
 
     Args:
         model: A Keras model (or layer) holding the kernel layers. It must run

@@ -5,11 +5,13 @@ TensorFlow or a torch tensor, NumPy 2 then warns (`DeprecationWarning: __array__
 implementation doesn't accept a copy keyword`) on every call.
 """
 
+from typing import Any
+
 import keras
 import numpy as np
 
 
-def to_numpy(x):
+def to_numpy(x: Any) -> np.ndarray[Any, Any]:
     """`x` (a tensor, a Keras variable, an array) as a NumPy array."""
     if isinstance(x, keras.Variable):
         x = x.value
@@ -20,7 +22,8 @@ def to_numpy(x):
             x = x.detach().cpu()
             if x.dtype == torch.bfloat16:
                 x = x.float()
-            return x.numpy()
+            return np.asarray(x.numpy())
     if keras.backend.backend() == "tensorflow" and hasattr(x, "numpy"):
         return np.asarray(x.numpy())  # an eager tensor
-    return np.asarray(keras.ops.convert_to_numpy(x))
+    array: np.ndarray[Any, Any] = np.asarray(keras.ops.convert_to_numpy(x))
+    return array

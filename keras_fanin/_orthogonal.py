@@ -7,17 +7,17 @@ backend. `lsuv` bakes the scale it finds into an `Orthogonal`'s `gain`.
 
 import math
 import random
-from collections.abc import Callable
+from typing import Any
 
 import keras
 
-from keras_fanin._fans import check_shape
-from keras_fanin._gains import resolve_gain
+from keras_fanin._fans import Axes, ShapeLike, check_shape
+from keras_fanin._gains import Gain, resolve_gain
 from keras_fanin._initializers import _FLOAT_RANGE
 from keras_fanin._seeds import check_seed, note_draw
 
 
-def _orthogonal_matrix(rows, cols, dtype, seed):
+def _orthogonal_matrix(rows: int, cols: int, dtype: str, seed: Any) -> Any:
     """A `(rows, cols)` matrix with orthonormal columns (tall) or rows (wide).
 
     Haar-distributed: the QR decomposition of a standard normal matrix, with
@@ -36,15 +36,16 @@ def _orthogonal_matrix(rows, cols, dtype, seed):
     return q if rows >= cols else keras.ops.transpose(q)
 
 
-def _check_dtype(cls_name, dtype):
+def _check_dtype(cls_name: str, dtype: Any) -> str:
     if dtype is None:
-        return keras.config.floatx()
-    dtype = keras.backend.standardize_dtype(dtype)
-    if not keras.backend.is_float_dtype(dtype):
+        floatx: str = keras.config.floatx()
+        return floatx
+    name: str = keras.backend.standardize_dtype(dtype)
+    if not keras.backend.is_float_dtype(name):
         raise TypeError(
-            f"{cls_name} only draws floating-point weights. Received: dtype={dtype!r}"
+            f"{cls_name} only draws floating-point weights. Received: dtype={name!r}"
         )
-    return dtype
+    return name
 
 
 @keras.saving.register_keras_serializable(package="keras_fanin")
@@ -91,10 +92,10 @@ class Orthogonal(keras.initializers.Initializer):
 
     def __init__(
         self,
-        gain: float | str | Callable = 1.0,
+        gain: Gain = 1.0,
         seed: int | keras.random.SeedGenerator | None = None,
         gain_source: str | None = None,
-    ):
+    ) -> None:
         self.gain, self.gain_source = resolve_gain(gain, gain_source)
         seed = check_seed(seed)
         self._seed_argument = seed
@@ -106,10 +107,10 @@ class Orthogonal(keras.initializers.Initializer):
             seed = random.randint(1, int(1e9))
         self.seed = seed
 
-    def _min_rank(self):
+    def _min_rank(self) -> int:
         return 2
 
-    def _check_call(self, shape, dtype):
+    def _check_call(self, shape: ShapeLike, dtype: Any) -> tuple[Axes, str]:
         dtype = _check_dtype(type(self).__name__, dtype)
         shape = check_shape(shape)
         if len(shape) < self._min_rank():
@@ -119,7 +120,7 @@ class Orthogonal(keras.initializers.Initializer):
             )
         return shape, dtype
 
-    def _check_gain_fits(self, dtype, typical):
+    def _check_gain_fits(self, dtype: str, typical: float) -> None:
         """Raises if `gain` overflows `dtype`, or every weight rounds to 0 in it."""
         if dtype not in _FLOAT_RANGE:  # a float dtype of a future Keras
             return
@@ -133,7 +134,7 @@ class Orthogonal(keras.initializers.Initializer):
                 f" Change `gain` or draw in a wider dtype. Received: gain={self.gain!r}"
             )
 
-    def __call__(self, shape, dtype=None):
+    def __call__(self, shape: ShapeLike, dtype: Any = None) -> Any:
         """Draws a kernel of `shape` in `dtype` (default: `keras.config.floatx()`).
 
         Raises:
@@ -150,10 +151,10 @@ class Orthogonal(keras.initializers.Initializer):
         note_draw(self, shape)
         return values
 
-    def _typical_entry(self, shape):
+    def _typical_entry(self, shape: Axes) -> float:
         return 1.0 / math.sqrt(max(math.prod(shape[:-1]), shape[-1]))
 
-    def _unit(self, shape, dtype):
+    def _unit(self, shape: Axes, dtype: str) -> Any:
         """The draw with gain 1, in float32 (float64 for a float64 `dtype`).
 
         `lsuv` rescales this same tensor, so that the kernels it sets are
@@ -163,14 +164,14 @@ class Orthogonal(keras.initializers.Initializer):
         q = _orthogonal_matrix(rows, cols, dtype, self.seed)
         return keras.ops.reshape(q, shape)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "gain": self.gain,
             "seed": keras.saving.serialize_keras_object(self._seed_argument),
             "gain_source": self.gain_source,
         }
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
 
@@ -211,10 +212,10 @@ class DeltaOrthogonal(Orthogonal):
         - [Xiao et al., 2018](https://arxiv.org/abs/1806.05393)
     """
 
-    def _min_rank(self):
+    def _min_rank(self) -> int:
         return 3
 
-    def __call__(self, shape, dtype=None):
+    def __call__(self, shape: ShapeLike, dtype: Any = None) -> Any:
         """Draws a kernel of `shape` in `dtype` (default: `keras.config.floatx()`).
 
         Raises:
@@ -226,7 +227,7 @@ class DeltaOrthogonal(Orthogonal):
         """
         return super().__call__(shape, dtype)
 
-    def _check_call(self, shape, dtype):
+    def _check_call(self, shape: ShapeLike, dtype: Any) -> tuple[Axes, str]:
         shape, dtype = super()._check_call(shape, dtype)
         fan_in, fan_out = shape[-2:]
         if fan_in > fan_out:
@@ -238,10 +239,10 @@ class DeltaOrthogonal(Orthogonal):
             )
         return shape, dtype
 
-    def _typical_entry(self, shape):
+    def _typical_entry(self, shape: Axes) -> float:
         return 1.0 / math.sqrt(shape[-1])
 
-    def _unit(self, shape, dtype):
+    def _unit(self, shape: Axes, dtype: str) -> Any:
         spatial, (fan_in, fan_out) = shape[:-2], shape[-2:]
         h = _orthogonal_matrix(fan_in, fan_out, dtype, self.seed)
         centre = [0.0] * math.prod(spatial)

@@ -10,19 +10,21 @@ its chain of wrappers, and one taken off from the middle is spliced out, so
 that when the last goes the attribute is what it was before the first.
 """
 
+from typing import Any
+
 _MISSING = object()
 # (id(obj), name) -> the live patches of that attribute, oldest first.
-_chains = {}
+_chains: dict[tuple[int, str], list["_Patch"]] = {}
 
 
 class _Patch:
     __slots__ = ("obj", "name", "saved", "value")
 
-    def __init__(self, obj, name, saved, value):
+    def __init__(self, obj: Any, name: str, saved: Any, value: Any) -> None:
         self.obj, self.name, self.saved, self.value = obj, name, saved, value
 
 
-def _put(obj, name, value):
+def _put(obj: Any, name: str, value: Any) -> None:
     # object.__setattr__: a Keras layer's own __setattr__ would track it.
     if value is _MISSING:
         if name in vars(obj):
@@ -38,25 +40,25 @@ class Patches:
     deleted again, so the class's own comes back; one it had is put back.
     """
 
-    def __init__(self):
-        self._saved = []
+    def __init__(self) -> None:
+        self._saved: list[_Patch] = []
 
-    def set(self, obj, name, value):
+    def set(self, obj: Any, name: str, value: Any) -> None:
         patch = _Patch(obj, name, vars(obj).get(name, _MISSING), value)
         self._saved.append(patch)
         _chains.setdefault((id(obj), name), []).append(patch)
         _put(obj, name, value)
 
-    def restore(self):
+    def restore(self) -> None:
         for patch in reversed(self._saved):
             _restore(patch)
         self._saved.clear()
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return bool(self._saved)
 
 
-def _restore(patch):
+def _restore(patch: _Patch) -> None:
     key = (id(patch.obj), patch.name)
     chain = _chains.get(key, [])
     if patch not in chain:

@@ -1,6 +1,7 @@
 """Seeds: the argument check, and the warning for one seeded instance in many layers."""
 
 import warnings
+from typing import Any
 
 import keras
 
@@ -9,7 +10,7 @@ class SharedSeedWarning(UserWarning):
     """One initializer instance with a fixed seed drew the same kernel twice."""
 
 
-def check_seed(seed):
+def check_seed(seed: object) -> Any:
     """Returns `seed`, or raises a TypeError if Keras's initializers refuse it."""
     if seed is None or isinstance(seed, (dict, keras.random.SeedGenerator)):
         return seed
@@ -21,7 +22,7 @@ def check_seed(seed):
     )
 
 
-def note_draw(initializer, shape, consequence=""):
+def note_draw(initializer: Any, shape: Any, consequence: str = "") -> None:
     """Warns once when a seeded instance draws a same-shaped kernel again.
 
     An int seed, and no seed at all (Keras picks one when the initializer is

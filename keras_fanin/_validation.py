@@ -2,6 +2,8 @@
 
 import math
 import numbers
+from collections.abc import Callable, Collection
+from typing import Any
 
 import numpy as np
 
@@ -11,7 +13,9 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 FLOAT32_TINY = float(np.finfo(np.float32).smallest_subnormal)
 
 
-def _check_finite_real(name, value, what, ok):
+def _check_finite_real(
+    name: str, value: object, what: str, ok: Callable[[Any], bool]
+) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
             f"Argument `{name}` must be a {what} finite number. "
@@ -29,17 +33,17 @@ def _check_finite_real(name, value, what, ok):
     return float(value)
 
 
-def check_positive_finite(name, value):
+def check_positive_finite(name: str, value: object) -> float:
     """Returns `value` as a float, or raises if it is not a positive finite number."""
     return _check_finite_real(name, value, "positive", lambda v: v > 0)
 
 
-def check_non_negative_finite(name, value):
+def check_non_negative_finite(name: str, value: object) -> float:
     """Returns `value` as a float, or raises if it is not a finite number >= 0."""
     return _check_finite_real(name, value, "non-negative", lambda v: v >= 0)
 
 
-def check_positive_float32(name, value):
+def check_positive_float32(name: str, value: object) -> float:
     """Returns `value` as a float, or raises unless float32 holds it as a number > 0.
 
     That is, unless it lies in `[FLOAT32_TINY, FLOAT32_MAX]`: a larger value is
@@ -56,7 +60,7 @@ def check_positive_float32(name, value):
     return value
 
 
-def check_non_negative_float32(name, value):
+def check_non_negative_float32(name: str, value: object) -> float:
     """Returns `value` as a float, or raises unless it is in `[0, FLOAT32_MAX]`."""
     value = check_non_negative_finite(name, value)
     if value > FLOAT32_MAX:
@@ -67,7 +71,7 @@ def check_non_negative_float32(name, value):
     return value
 
 
-def describe(value, limit=80):
+def describe(value: Any, limit: int = 80) -> str:
     """`repr(value)`, or its type and shape (or length) where that would be long.
 
     Error messages use it so that a kernel passed by mistake for its shape is
@@ -87,7 +91,7 @@ def describe(value, limit=80):
     return text if len(text) <= limit else f"<{type(value).__name__}>"
 
 
-def check_positive_int(name, value, maximum=None):
+def check_positive_int(name: str, value: object, maximum: int | None = None) -> int:
     """Returns `value`, or raises if it is not an int >= 1 (bools are refused),
     or is over `maximum`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -95,19 +99,20 @@ def check_positive_int(name, value, maximum=None):
             f"Argument `{name}` must be a positive integer. "
             f"Received: {name}={value!r} of type {type(value).__name__}"
         )
-    if value < 1:
+    number = int(value)  # exact for any Integral
+    if number < 1:
         raise ValueError(
             f"Argument `{name}` must be a positive integer. Received: {name}={value!r}"
         )
-    if maximum is not None and value > maximum:
+    if maximum is not None and number > maximum:
         raise ValueError(
             f"Argument `{name}` must be a positive integer of at most {maximum}. "
             f"Received: {name}={value!r}"
         )
-    return int(value)
+    return number
 
 
-def check_one_of(name, value, allowed):
+def check_one_of(name: str, value: object, allowed: Collection[str]) -> str:
     """Returns `value`, or raises if it is not one of the strings in `allowed`."""
     if not isinstance(value, str) or value not in allowed:
         choices = "{" + ", ".join(repr(a) for a in allowed) + "}"

@@ -1,3 +1,5 @@
-"""The version of keras_fanin, read by `setup.py` and `keras_fanin.__version__`."""
+"""The version of keras_fanin: `keras_fanin.__version__`, and the wheel's
+(pyproject.toml reads it from this file's text). It is CHANGELOG.md's newest
+version heading."""
 
 __version__ = "0.1.0"

@@ -24,6 +24,8 @@ No backend is imported here: the device counts raw codes, the top nine bits
 of each value (`CODES` of them), and `CODE_TO_BIN` maps them onto the bins.
 """
 
+from typing import Any
+
 import numpy as np
 
 LOWEST, HIGHEST = -34, 14  # the octave edges 2**LOWEST .. 2**HIGHEST
@@ -67,7 +69,7 @@ def _code_to_bin():
 CODE_TO_BIN = _code_to_bin()
 
 
-def spans(counts):
+def spans(counts: Any) -> np.ndarray | None:
     """`[k, 3]` float64 rows `(left, right, count)` of the non-empty span of
     `counts` (`BINS` bin counts), as TensorBoard's histogram summaries hold
     them; None when every bin is empty.
@@ -90,7 +92,7 @@ def spans(counts):
     )
 
 
-def bins_of(spans):
+def bins_of(spans: Any) -> np.ndarray:
     """The bin index of each row of `spans` (as `spans` writes them, the
     overflow bins' drawn edges included): the bin its midpoint lies in."""
     spans = np.asarray(spans, np.float64).reshape(-1, 3)

@@ -19,7 +19,10 @@ import struct
 try:
     from google_crc32c import value as _crc32c
 except ImportError:  # pragma: no cover - the pure-Python fallback
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c as _crc32c
+    # mypy: the fallback binds the same name; both take bytes, return an int.
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import (  # type: ignore[no-redef]
+        crc32c as _crc32c,
+    )
 
 _LENGTH = struct.Struct("<Q")
 _CRC = struct.Struct("<I")

@@ -14,12 +14,14 @@ import dataclasses
 import json
 import os
 import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeAlias
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2, types_pb2
 
 from keras_fanin_logs import judge
-from keras_fanin_logs._picture import gradient_flow, layer_rows
+from keras_fanin_logs._picture import Picture, gradient_flow, layer_rows
 from keras_fanin_logs._records import (
     event_files,
     is_dir,
@@ -39,6 +41,12 @@ from keras_fanin_logs._signals import (
 from keras_fanin_logs._text import WIDTH, header, json_safe, row, sig3
 
 NAME_WIDTH = 28
+
+Floats: TypeAlias = np.ndarray[Any, np.dtype[np.float64]]
+# {tag: (steps, values)}, float64 arrays in step order.
+History: TypeAlias = dict[str, tuple[Floats, Floats]]
+# {layer name: (activation or None, has a kernel)}, in forward order.
+LayerTable: TypeAlias = dict[str, tuple[str | None, bool]]
 
 
 @dataclasses.dataclass
@@ -76,13 +84,16 @@ class RunReport:
     exploding_since: int | None
     probe_loss: float | None
     warnings: list[tuple[int, str]]
-    history: dict = dataclasses.field(repr=False)  # {tag: (steps, values)}
+    history: History = dataclasses.field(repr=False)
     # The latest norm of the whole gradient (the train run's; None before).
     global_grad_norm: float | None = None
 
-    def picture(self):
+    def picture(self) -> Picture | None:
         """The gradient-flow `Picture` of the whole run (None without layers)."""
-        return gradient_flow(self.history, [layer.name for layer in self.layers])
+        picture: Picture | None = gradient_flow(
+            self.history, [layer.name for layer in self.layers]
+        )
+        return picture
 
 
 @dataclasses.dataclass
@@ -96,13 +107,13 @@ class Report:
     log_dir: str
     runs: dict[str, RunReport]
 
-    def picture(self, run=None):
+    def picture(self, run: str | None = None) -> Picture | None:
         """The gradient-flow picture of `run` (default: train, else probe)."""
         if run is None:
             run = next(iter(self.runs))
         return self.runs[run].picture()
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON: NaN and inf become the strings "nan", "inf"."""
         runs = {}
         for name, run in self.runs.items():
@@ -114,16 +125,19 @@ class Report:
             data["layers"] = [dataclasses.asdict(layer) for layer in run.layers]
             data["warnings"] = [{"step": s, "text": t} for s, t in run.warnings]
             runs[name] = data
-        return json_safe({"log_dir": self.log_dir, "runs": runs})
+        safe: dict[str, Any] = json_safe({"log_dir": self.log_dir, "runs": runs})
+        return safe
 
-    def to_json(self):
+    def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False)
 
-    def __str__(self):
+    def __str__(self) -> str:
         return "\n\n".join(_format_run(run) for run in self.runs.values())
 
 
-def report(log_dir: str | os.PathLike, progress=None) -> Report:
+def report(
+    log_dir: str | os.PathLike[str], progress: Callable[[str], object] | None = None
+) -> Report:
     """Reads GradientHealth's event files under `log_dir` into a `Report`.
 
     Per layer, in forward order: the latest grad norm, update ratio and
@@ -176,7 +190,7 @@ def report(log_dir: str | os.PathLike, progress=None) -> Report:
         )
     total = sum(len(files) for files in runs.values())
     done = 0
-    out = {}
+    out: dict[str, RunReport] = {}
     for run, files in runs.items():
         reader = _RunReader()
         for path in files:
@@ -188,14 +202,16 @@ def report(log_dir: str | os.PathLike, progress=None) -> Report:
     return Report(log_dir, out)
 
 
-def _counter(progress, run, done, total):
-    def show(events):
+def _counter(
+    progress: Callable[[str], object], run: str, done: int, total: int
+) -> Callable[[int], None]:
+    def show(events: int) -> None:
         progress(f"reading {run}: file {done}/{total}, {events} events")
 
     return show
 
 
-def _find_runs(log_dir):
+def _find_runs(log_dir: str) -> dict[str, list[str]]:
     """`{run: [event file, ...]}` under `log_dir` or its `gradient_health`.
 
     A directory above several GradientHealth `log_dir`s (as `tensorboard
@@ -224,7 +240,7 @@ def _find_runs(log_dir):
     return runs
 
 
-def _strings(tensor):
+def _strings(tensor: Any) -> list[list[str]]:
     from tensorboard.util import tensor_util
 
     array = tensor_util.make_ndarray(tensor)
@@ -237,12 +253,13 @@ def _strings(tensor):
 class _RunReader:
     """Streams one run's events into arrays."""
 
-    def __init__(self):
-        self.series = {}  # tag -> (array of steps, array of values)
-        self.layers = {}  # name -> (activation, has kernel), newest table last
-        self.warnings = []
+    def __init__(self) -> None:
+        # tag -> (array of steps, array of values)
+        self.series: dict[str, tuple[array.array[float], array.array[float]]] = {}
+        self.layers: LayerTable = {}  # the newest table last
+        self.warnings: list[tuple[int, str]] = []
 
-    def read(self, path, show=None):
+    def read(self, path: str, show: Callable[[int], None] | None = None) -> None:
         events = 0
         for record in records(read_bytes(path)):
             event = event_pb2.Event.FromString(record)
@@ -277,7 +294,7 @@ class _RunReader:
         if show is not None:
             show(events)
 
-    def _restart(self, step):
+    def _restart(self, step: int) -> None:
         """A (re)start at `step` (a `fit()` resumed by `BackupAndRestore`)
         supersedes what was read at `step` and after, as TensorBoard's reader
         purges it: the resumed run's points replace them."""
@@ -290,11 +307,11 @@ class _RunReader:
                 )
         self.warnings = [(s, text) for s, text in self.warnings if s < step]
 
-    def _table(self, rows):
-        rows = [(row[0], row[1], row[2] == "kernel") for row in rows]
-        self.layers = merge_layers(self.layers, rows)
+    def _table(self, rows: list[list[str]]) -> None:
+        table = [(row[0], row[1], row[2] == "kernel") for row in rows]
+        self.layers = merge_layers(self.layers, table)
 
-    def finish(self, run):
+    def finish(self, run: str) -> RunReport:
         history = {
             tag: (np.frombuffer(s, np.float64), np.frombuffer(v, np.float64))
             for tag, (s, v) in self.series.items()
@@ -302,7 +319,9 @@ class _RunReader:
         return run_report(run, history, self.layers, self.warnings)
 
 
-def merge_layers(layers, rows):
+def merge_layers(
+    layers: LayerTable, rows: Iterable[tuple[str, str | None, object]]
+) -> LayerTable:
     """The layer table `{name: (activation, has_kernel)}` after reading a newer
     one, `rows` of `(name, activation or None, has_kernel)`: a later fit's
     model comes first; layers only an earlier one had follow."""
@@ -312,7 +331,12 @@ def merge_layers(layers, rows):
     return table | {k: v for k, v in layers.items() if k not in table}
 
 
-def run_report(run, history, layers=None, warnings=()) -> RunReport:
+def run_report(
+    run: str,
+    history: History,
+    layers: LayerTable | None = None,
+    warnings: Iterable[tuple[int, str]] = (),
+) -> RunReport:
     """Judges one run's series: the table `report` prints and the dashboard shows.
 
     Args:
@@ -324,18 +348,18 @@ def run_report(run, history, layers=None, warnings=()) -> RunReport:
             `merge_layers`), or None where the logs lack the layer table.
         warnings: `[(step, text), ...]` GradientHealth raised.
     """
-    layers = layers or {}
+    table = layers or {}
     nonfinite = [s[~np.isfinite(v)] for s, v in history.values()]
     bad = np.unique(np.concatenate(nonfinite)) if nonfinite else np.zeros(0)
-    names = layer_rows(history, list(layers) or None)
-    rows = [_layer(name, history, bad, layers) for name in names]
+    names = layer_rows(history, list(table) or None)
+    rows = [_layer(name, history, bad, table) for name in names]
     per_layer = [
         s for tag, (s, _) in history.items() if tag.partition("/")[0] in SIGNALS
     ]
     if "probe_loss" in history:
         per_layer.append(history["probe_loss"][0])
     steps = np.unique(np.concatenate(per_layer)) if per_layer else np.zeros(0)
-    vanishing, exploding = _depth_since(history, names, layers, bad)
+    vanishing, exploding = _depth_since(history, names, table, bad)
     loss = history.get("probe_loss")
     return RunReport(
         run=run,
@@ -354,14 +378,14 @@ def run_report(run, history, layers=None, warnings=()) -> RunReport:
     )
 
 
-def _layer(name, history, bad, layers):
+def _layer(name: str, history: History, bad: Floats, layers: LayerTable) -> LayerReport:
     activation, _ = layers.get(name, (None, False))
 
-    def latest(signal):
+    def latest(signal: str) -> float | None:
         series = history.get(f"{signal}/{name}")
         return float(series[1][-1]) if series is not None else None
 
-    def first_over(signal, judged):
+    def first_over(signal: str, judged: Callable[[Floats], Any]) -> int | None:
         series = history.get(f"{signal}/{name}")
         if series is None:
             return None
@@ -372,12 +396,12 @@ def _layer(name, history, bad, layers):
     saturated = next(
         (f for f in FRACTIONS[1:] if f"{f}/{name}" in history), FRACTIONS[1]
     )
-    nonfinite = [
+    pieces = [
         series[0][~np.isfinite(series[1])]
         for signal in SIGNALS
         if (series := history.get(f"{signal}/{name}")) is not None
     ]
-    nonfinite = np.concatenate(nonfinite) if nonfinite else np.zeros(0)
+    nonfinite = np.concatenate(pieces) if pieces else np.zeros(0)
     return LayerReport(
         name=name,
         activation=activation,
@@ -395,7 +419,11 @@ def _layer(name, history, bad, layers):
     )
 
 
-def depth_ratio(history, names, layers=None):
+def depth_ratio(
+    history: History,
+    names: list[str],
+    layers: Mapping[str, tuple[str | None, bool]] | None = None,
+) -> tuple[str, str, Floats, Floats] | None:
     """`(first, last, steps, ratio)`: the layers the depth check compares and,
     at each step both logged, `judge.depth_ratio` of their grad norms; None
     with fewer than two such layers.
@@ -417,7 +445,9 @@ def depth_ratio(history, names, layers=None):
     return kernels[0], kernels[-1], steps, judge.depth_ratio(g_first[i], g_last[j])
 
 
-def _depth_since(history, names, layers, bad):
+def _depth_since(
+    history: History, names: list[str], layers: LayerTable, bad: Floats
+) -> tuple[int | None, int | None]:
     """First steps of vanishing and exploding gradients, skipping `bad` steps."""
     depth = depth_ratio(history, names, layers)
     if depth is None:
@@ -425,13 +455,13 @@ def _depth_since(history, names, layers, bad):
     _, _, steps, ratio = depth
     ratio[np.isin(steps, bad)] = np.nan
 
-    def first(mask):
+    def first(mask: Any) -> int | None:
         return int(steps[mask].min()) if mask.any() else None
 
     return first(judge.vanishing(ratio)), first(judge.exploding(ratio))
 
 
-def _ndarray(tensor):
+def _ndarray(tensor: Any) -> Any:
     from tensorboard.util import tensor_util
 
     return tensor_util.make_ndarray(tensor)
@@ -448,7 +478,7 @@ _COLUMNS = (
 )
 
 
-def _wrap(text, first, rest):
+def _wrap(text: str, first: str, rest: str) -> str:
     import textwrap
 
     return textwrap.fill(
@@ -460,7 +490,7 @@ def _wrap(text, first, rest):
     )
 
 
-def depth_verdicts(run) -> list[str]:
+def depth_verdicts(run: RunReport) -> list[str]:
     """The vanishing / exploding lines of `run`'s report (none if healthy)."""
     return [
         f"{kind} gradients from step {step} (first over last kernel layer's "
@@ -473,12 +503,12 @@ def depth_verdicts(run) -> list[str]:
     ]
 
 
-def warning_text(text) -> str:
+def warning_text(text: str) -> str:
     """A raised warning as the report shows it, without its "GradientHealth: "."""
     return re.sub(r"^GradientHealth: ", "", text)
 
 
-def _format_run(run):
+def _format_run(run: RunReport) -> str:
     if run.logged_steps:
         span = f"steps {run.first_step} to {run.last_step} ({run.logged_steps} logged)"
     else:

@@ -6,7 +6,10 @@ in one is dead in every other. Each takes a float or a NumPy array of them
 (a run's history) and answers elementwise; NaN is never over a threshold.
 """
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 
 # Documented warning thresholds (see GradientHealth's docstring).
 DEAD_WARN_FRACTION = 0.5
@@ -29,29 +32,29 @@ def can_die(activation: str | None) -> bool:
     return activation is None or activation in RELUS
 
 
-def dead(fraction):
+def dead(fraction: npt.ArrayLike) -> Any:
     """Whether a dead-ReLU fraction is over `DEAD_WARN_FRACTION`."""
     with np.errstate(invalid="ignore"):
         return np.greater(fraction, DEAD_WARN_FRACTION)
 
 
-def saturated(fraction):
+def saturated(fraction: npt.ArrayLike) -> Any:
     """Whether a saturated sigmoid or tanh fraction is over its threshold."""
     with np.errstate(invalid="ignore"):
         return np.greater(fraction, SATURATED_WARN_FRACTION)
 
 
-def depth_ratio(first, last):
+def depth_ratio(first: npt.ArrayLike, last: npt.ArrayLike) -> Any:
     """The first over the last kernel layer's gradient norm, NaN where it says
     nothing: a non-finite norm, or a last layer with no gradient at all (an
     output weighted 0, a dead head)."""
-    first, last = np.asarray(first, np.float64), np.asarray(last, np.float64)
-    ok = np.isfinite(first) & np.isfinite(last) & (last > 0)
+    a, b = np.asarray(first, np.float64), np.asarray(last, np.float64)
+    ok = np.isfinite(a) & np.isfinite(b) & (b > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(ok, first / np.where(ok, last, 1.0), np.nan)
+        return np.where(ok, a / np.where(ok, b, 1.0), np.nan)
 
 
-def depth_verdict(ratio):
+def depth_verdict(ratio: float) -> str | None:
     """ "vanishing", "exploding" or None for one `depth_ratio`."""
     if vanishing(ratio):
         return "vanishing"
@@ -60,13 +63,13 @@ def depth_verdict(ratio):
     return None
 
 
-def vanishing(ratio):
+def vanishing(ratio: npt.ArrayLike) -> Any:
     """Whether a `depth_ratio` says the gradient vanishes towards the input."""
     with np.errstate(invalid="ignore"):
         return np.less(ratio, 1 / DEPTH_RATIO_WARN)
 
 
-def exploding(ratio):
+def exploding(ratio: npt.ArrayLike) -> Any:
     """Whether a `depth_ratio` says the gradient grows towards the input."""
     with np.errstate(invalid="ignore"):
         return np.greater(ratio, DEPTH_RATIO_WARN)

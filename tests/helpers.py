@@ -38,22 +38,27 @@ def get_json(url):
 
 
 @contextlib.contextmanager
-def tensorboard_server(log_dir, ready, timeout=90, args=(), env=None):
+def tensorboard_server(
+    log_dir, ready, timeout=90, args=(), env=None, python=sys.executable, cwd=None
+):
     """A real `tensorboard` server on 127.0.0.1 over `log_dir`.
 
     Yields its root URL once `ready(tags)` holds for the `{run: {tag: ...}}`
     its scalars plugin serves (or `timeout` seconds passed). `args` go after
-    the defaults (a later flag wins), `env` over the current environment.
+    the defaults (a later flag wins), `env` over the current environment (a
+    value of None removes the variable); `python` (another environment's
+    interpreter) runs it from `cwd`.
     """
     import time
 
     port = free_port()
+    full_env = {**os.environ, **(env or {})}
     server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(log_dir),
+        [python, "-m", "tensorboard.main", "--logdir", str(log_dir),
          "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false",
          "--reload_interval", "1", *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd,
+        env={key: value for key, value in full_env.items() if value is not None},
     )  # fmt: skip
     root = f"http://127.0.0.1:{port}"
     try:

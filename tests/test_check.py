@@ -31,7 +31,8 @@ def _demo_build():
 
 @pytest.fixture(scope="module")
 def demo_reports():
-    """The README demo's five 30-layer ReLU nets, built once, checked once."""
+    """The demo's five 30-layer ReLU nets (docs/getting-started.md), built once,
+    checked once."""
     schemes, build = _demo_build()
     return {s: check(build(s, DEPTH, WIDTH, 0)) for s in schemes}
 

@@ -1,5 +1,6 @@
 """The science tests: each example, in a reduced mode through its own command
-line (`main(argv)`), must show what the README says it shows.
+line (`main(argv)`), must show what the docs say it shows
+(docs/getting-started.md, docs/check-and-fix.md).
 
 Each example runs in a fresh interpreter, because the examples turn on
 TensorFlow's op determinism, which is process-wide.
@@ -72,7 +73,7 @@ def test_demo_he_learns_and_lecun_stalls_at_30_layers(deep):
 def test_demo_fixed_networks_pass_check_and_train_like_he(deep, scheme):
     """`keras_fanin.fix` re-draws the 30 flagged ReLU kernels with He(), from
     the seed He's network draws with: then it is He's network and trains as
-    it does (the README quotes 20 epochs; this is the examples' 5)."""
+    it does (docs/check-and-fix.md quotes 20 epochs; this is the examples' 5)."""
     results, _, _ = deep
     he, fixed = results["He"], results[f"{scheme} + fix"]
     assert results[scheme]["check_problems"]

@@ -1,6 +1,7 @@
 """`check`: is a model initialised right? One pass, forward and backward."""
 
 import os
+from typing import Any
 
 import keras
 import numpy as np
@@ -27,7 +28,7 @@ from keras_fanin.health import _stats
 from keras_fanin.health._units import find_units
 
 
-def check(model, x=None) -> CheckReport:
+def check(model: keras.Model | str | os.PathLike[str], x: Any = None) -> CheckReport:
     """Checks a model's initialisation before training: one forward and backward pass.
 
     For every layer with kernels, in forward order: its activation (its own,
@@ -137,13 +138,14 @@ def check(model, x=None) -> CheckReport:
     except Exception as error:  # noqa: BLE001 - re-raised with context
         raise misfit(model, x, error) from error
     layer_of = [layers_by_index[unit] for unit, _, _ in recorder.calls]
-    first_call = {}
+    first_call: dict[int, int] = {}
     for node, (unit, _, _) in enumerate(recorder.calls):
         first_call.setdefault(unit, node)
     consumers, feeds_output = graph_of(recorder.calls, recorder.model_outputs)
     kernel_layers = {id(layers_by_index[k]) for k in kernel_keys}
     names_by_index = {u.index: u.name for u in units}
-    weak, weak_layers = set(), {}
+    weak: set[int] = set()
+    weak_layers: dict[str, tuple[str, float, float]] = {}
     for node, layer in enumerate(layer_of):
         epsilon = float(getattr(layer, "epsilon", 0.0) or 0.0)
         std = stats[node].get("input_std") if epsilon > 0 else None

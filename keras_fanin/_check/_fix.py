@@ -1,6 +1,7 @@
 """`fix`: re-draws the kernels `check` flags with the initializer it advises."""
 
 import os
+from typing import Any
 
 import keras
 
@@ -12,7 +13,13 @@ from keras_fanin._seeds import check_seed
 from keras_fanin._validation import describe
 
 
-def fix(model, x=None, *, force: bool = False, seed=None) -> CheckReport:
+def fix(
+    model: keras.Model | str | os.PathLike[str],
+    x: Any = None,
+    *,
+    force: bool = False,
+    seed: int | keras.random.SeedGenerator | None = None,
+) -> CheckReport:
     """Re-draws the kernels `check` flags, with the initializer it advises.
 
     `check(model, x)` runs first. Each kernel of a layer one of its verdicts
@@ -87,7 +94,7 @@ def fix(model, x=None, *, force: bool = False, seed=None) -> CheckReport:
             "`force=True` to re-draw them anyway."
         )
     before = check(model, x)
-    fixed = []
+    fixed: list[tuple[str, str, str]] = []
     for layer, fixes in before.advised:
         if isinstance(layer, keras.layers.Embedding):
             continue
@@ -101,7 +108,7 @@ def fix(model, x=None, *, force: bool = False, seed=None) -> CheckReport:
     return after
 
 
-def _steps_taken(model):
+def _steps_taken(model: Any) -> int:
     optimizer = getattr(model, "optimizer", None)
     iterations = getattr(optimizer, "iterations", None)
     if iterations is None:
@@ -112,14 +119,14 @@ def _steps_taken(model):
         return 0
 
 
-def _redraw(layer, kernel_fix, seed):
+def _redraw(layer: Any, kernel_fix: Any, seed: Any) -> tuple[str, str, str] | None:
     """Draws one kernel again and writes its initializer into the layer;
     `(layer, argument, initializer)` texts, or None where it is left alone."""
     kernel, advice = kernel_fix.kernel, kernel_fix.advice
     owner, argument = kernel.owner, kernel.argument
     if advice is None or owner is None or argument is None:
         return None
-    axes = {}
+    axes: dict[str, list[int]] = {}
     if advice == "orthogonal":
         initializer = keras.initializers.Orthogonal(seed=seed)
     else:
@@ -146,12 +153,12 @@ def _redraw(layer, kernel_fix, seed):
     return (layer.name, argument, _text(advice, axes))
 
 
-def _in_config(layer, argument, initializer):
+def _in_config(layer: Any, argument: str, initializer: Any) -> bool:
     """Whether the layer's config holds `initializer` under `argument`,
     at any depth (an RNN's cell, a bidirectional layer's directions)."""
     wanted = keras.initializers.serialize(initializer)
 
-    def find(value):
+    def find(value: object) -> bool:
         if isinstance(value, dict):
             if value.get(argument) == wanted:
                 return True
@@ -163,7 +170,7 @@ def _in_config(layer, argument, initializer):
     return find(layer.get_config())
 
 
-def _text(advice, axes):
+def _text(advice: Any, axes: dict[str, list[int]]) -> str:
     if advice == "orthogonal":
         return "keras.initializers.Orthogonal()"
     text = str(advice)

@@ -14,12 +14,11 @@ from keras_fanin._check._measure import SATURATION_EPS
 from keras_fanin._check._records import KernelRecord
 from keras_fanin._gains import Advice, calculate_gain, recommended
 from keras_fanin.health import _stats
-from keras_fanin.health._advice import (
+from keras_fanin.health._advice import drawn_std, try_text
+from keras_fanin_logs.judge import (
     DEAD_WARN_FRACTION,
     DEPTH_RATIO_WARN,
     SATURATED_WARN_FRACTION,
-    drawn_std,
-    try_text,
 )
 
 # A chain of layers is flagged when the signal's scale drifts beyond this

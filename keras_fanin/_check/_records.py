@@ -1,6 +1,7 @@
 """What `check` returns: a record per layer and kernel, and the report's table."""
 
 import dataclasses
+from typing import Any
 
 from keras_fanin_logs._text import WIDTH, header, json_safe, row, sig3
 
@@ -24,7 +25,7 @@ class KernelRecord:
     """
 
     name: str
-    shape: tuple
+    shape: tuple[int, ...]
     fan_in: int
     argument: str | None  # the layer's argument for its initializer
     initializer: str | None
@@ -55,7 +56,7 @@ class LayerRecord:
     layer_type: str
     activation: str
     initializer: str | None
-    kernel_shape: tuple
+    kernel_shape: tuple[int, ...]
     fan_in: int
     drawn_std: float
     drawn_from: str  # "initializer", or "kernel" when the initializer does not say
@@ -69,10 +70,10 @@ class LayerRecord:
     dead_fraction: float | None = None
     saturated_fraction: float | None = None
     nonfinite: str = ""  # "", "NaN", "inf" or "NaN and inf" (outputs or gradient)
-    kernels: list = dataclasses.field(default_factory=list)
+    kernels: list[KernelRecord] = dataclasses.field(default_factory=list)
     gated: bool = False  # an RNN: judged with `_GATED_TOLERANCE`
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return {k: json_safe(v) for k, v in dataclasses.asdict(self).items()}
 
 
@@ -100,18 +101,20 @@ class CheckReport:
     """
 
     model_name: str
-    layers: list
-    problems: list
-    input_shapes: object  # the shapes of the batch the pass ran on
+    layers: list[LayerRecord]
+    problems: list[str]
+    input_shapes: list[list[int]]  # the shapes of the batch the pass ran on
     loss: str = LOSS
     # What `fix` re-drew: `(layer, argument, initializer)` texts; empty from
     # `check`.
-    fixed: list = dataclasses.field(default_factory=list)
+    fixed: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
     # The model checked (loaded, for a path) and the batch, for `fix()`.
-    model: object = dataclasses.field(default=None, repr=False, compare=False)
-    x: object = dataclasses.field(default=None, repr=False, compare=False)
+    model: Any = dataclasses.field(default=None, repr=False, compare=False)
+    x: Any = dataclasses.field(default=None, repr=False, compare=False)
     # `(layer, [KernelFix])` of each layer a verdict advises re-drawing.
-    advised: list = dataclasses.field(default_factory=list, repr=False, compare=False)
+    advised: list[tuple[Any, list[Any]]] = dataclasses.field(
+        default_factory=list, repr=False, compare=False
+    )
 
     @property
     def ok(self) -> bool:
@@ -124,7 +127,7 @@ class CheckReport:
 
         return fix(self.model, self.x, force=force)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model_name,
             "ok": self.ok,
@@ -135,7 +138,7 @@ class CheckReport:
             "fixed": [list(f) for f in self.fixed],
         }
 
-    def __str__(self):
+    def __str__(self) -> str:
         batch = _shape_text(self.input_shapes)
         lines = [f"keras_fanin.check: model {self.model_name!r}, inputs {batch}"]
         if not self.layers:
@@ -143,6 +146,7 @@ class CheckReport:
             return "\n".join(lines)
         lines.append(header(_COLUMNS))
         several = False
+        cells: tuple[object, ...]
         for i, r in enumerate(self.layers, 1):
             ratio = sig3(r.ratio) + ("*" if r.normalized else "")
             if len(r.kernels) > 1:
@@ -190,7 +194,8 @@ class CheckReport:
         if self.fixed:
             n = len(self.fixed)
             lines.append(f"Fixed: {n} kernel{'s' if n > 1 else ''} drawn again:")
-            groups = {}  # one line for the layers alike, in forward order
+            # One line for the layers alike, in forward order.
+            groups: dict[tuple[str, str], list[str]] = {}
             for layer, argument, init in self.fixed:
                 groups.setdefault((argument, init), []).append(layer)
             for (argument, init), names in groups.items():
@@ -208,11 +213,11 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def _shape_text(input_shapes):
+def _shape_text(input_shapes: list[list[int]]) -> str:
     return ", ".join(str(tuple(s)) for s in input_shapes) or "-"
 
 
-def _wrap(text, width, indent):
+def _wrap(text: str, width: int, indent: str) -> list[str]:
     import textwrap
 
     return textwrap.wrap(text, width, subsequent_indent=indent, break_on_hyphens=False)

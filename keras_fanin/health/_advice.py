@@ -8,27 +8,26 @@ initializers use (`keras_fanin._gains`, `keras_fanin._fans`).
 
 import math
 import warnings
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 
-from keras_fanin._fans import compute_fans, fan_for_mode, layer_kernels
+from keras_fanin._fans import Axes, Kernel, compute_fans, fan_for_mode, layer_kernels
 from keras_fanin._gains import calculate_gain, recommended_initializer
 from keras_fanin._numpy import to_numpy
 from keras_fanin.health._stats import describe_nonfinite
 from keras_fanin_logs import judge
-from keras_fanin_logs.judge import (  # noqa: F401 - re-exported for check, tests
-    DEAD_WARN_FRACTION,
-    DEPTH_RATIO_WARN,
-    SATURATED_WARN_FRACTION,
-)
 
 
 class GradientHealthWarning(UserWarning):
     """A warning from `GradientHealth` about a layer that does not train well."""
 
 
-def initial_std(initializer, shape, axes=None):
+def initial_std(
+    initializer: Any, shape: Axes, axes: tuple[Axes | None, Axes | None] | None = None
+) -> float | None:
     """The std `initializer` draws for `shape`, or None when it does not say.
 
     `axes` is the `(input_axes, output_axes)` pair a layer hands to a
@@ -45,11 +44,12 @@ def initial_std(initializer, shape, axes=None):
     if isinstance(initializer, keras.initializers.RandomNormal):
         return float(initializer.stddev)
     if isinstance(initializer, keras.initializers.RandomUniform):
-        return (initializer.maxval - initializer.minval) / math.sqrt(12)
+        spread: float = (initializer.maxval - initializer.minval) / math.sqrt(12)
+        return spread
     return None
 
 
-def drawn_std(kernel):
+def drawn_std(kernel: Kernel) -> tuple[float, str]:
     """`(std, "initializer")` that a `_fans.Kernel`'s initializer drew, or
     `(std, "kernel")` measured on the kernel when the initializer does not say."""
     axes = (kernel.input_axes, kernel.output_axes) if kernel.axes_given else None
@@ -59,7 +59,7 @@ def drawn_std(kernel):
     return float(np.std(to_numpy(kernel.variable))), "kernel"
 
 
-def try_text(kernel, initializer, named=False):
+def try_text(kernel: Kernel, initializer: str, named: bool = False) -> str:
     """How to pass `initializer` (a preset's text) for `kernel`: with the
     kernel's own axes where its fan rule is not Keras's layout rule (a
     depthwise kernel, an embedding), and named by the layer's argument unless
@@ -68,7 +68,7 @@ def try_text(kernel, initializer, named=False):
     if preset and kernel.input_axes is not None and not kernel.axes_given:
         axes = (
             f"input_axes={list(kernel.input_axes)}, "
-            f"output_axes={list(kernel.output_axes)}"
+            f"output_axes={list(kernel.output_axes or ())}"
         )
         head = initializer[:-1]
         initializer = f"{head}{'' if head.endswith('(') else ', '}{axes})"
@@ -79,7 +79,7 @@ def try_text(kernel, initializer, named=False):
     return initializer
 
 
-def kernel_advice(layer, activation, initializer):
+def kernel_advice(layer: Any, activation: str, initializer: str | None) -> str:
     """Advice on a layer's kernel from the fan rule and the gain table.
 
     Judges the std the layer's initializer drew, when it says so, rather than
@@ -107,6 +107,8 @@ def kernel_advice(layer, activation, initializer):
             f" {what} {actual:.3g}, already the fan-in rule for {activation!r} "
             f"(fan_in={fan_in})."
         )
+    # The gain table names one for every activation the advice is about.
+    assert initializer is not None
     return (
         f" {what} {actual:.3g}; for {activation!r} and fan_in={fan_in} the "
         f"fan-in rule gives {target:.3g}: try {try_text(kernel, initializer)}."
@@ -116,16 +118,16 @@ def kernel_advice(layer, activation, initializer):
 class Advisor:
     """Turns measurements into warnings, once per layer and condition."""
 
-    def __init__(self, warn, stop_on_nonfinite):
+    def __init__(self, warn: bool, stop_on_nonfinite: bool) -> None:
         self.warn, self.stop_on_nonfinite = warn, stop_on_nonfinite
-        self._warned = set()
-        self._raised = []  # texts warned since the last `take_raised`
+        self._warned: set[Hashable] = set()
+        self._raised: list[str] = []  # texts warned since the last `take_raised`
 
-    def warn_once(self, key, message):
+    def warn_once(self, key: Hashable, message: str | Callable[..., str]) -> None:
         """A warning not tied to one measurement (e.g. a signal unavailable)."""
         self._warn(key, message)
 
-    def _warn(self, key, message):
+    def _warn(self, key: Hashable, message: str | Callable[..., str]) -> None:
         """Warns once per key; `message` may be a callable, built only then."""
         if self.warn and key not in self._warned:
             self._warned.add(key)
@@ -133,12 +135,20 @@ class Advisor:
             warnings.warn(text, GradientHealthWarning, stacklevel=3)
             self._raised.append(text)
 
-    def take_raised(self):
+    def take_raised(self) -> list[str]:
         """The warnings raised since the last call, for the event file."""
         raised, self._raised = self._raised, []
         return raised
 
-    def check(self, units, step, record, codes, loss=None, where="batch"):
+    def check(
+        self,
+        units: Sequence[Any],
+        step: int,
+        record: Mapping[str, float],
+        codes: Mapping[str, Mapping[str, int]],
+        loss: float | None = None,
+        where: str = "batch",
+    ) -> bool:
         """Checks one measurement; returns True when training should stop.
 
         Args:
@@ -193,8 +203,14 @@ class Advisor:
         self._depth(units, step, record)
         return False
 
-    def _nonfinite(self, units, step, codes, loss):
-        first = None
+    def _nonfinite(
+        self,
+        units: Sequence[Any],
+        step: int,
+        codes: Mapping[str, Mapping[str, int]],
+        loss: float | None,
+    ) -> bool:
+        first: tuple[str, str, str] | None = None
         for unit in units:  # forward order: the first layer where it appears
             for what in ("weights", "activations"):
                 code = codes.get(what, {}).get(unit.name)
@@ -226,7 +242,9 @@ class Advisor:
         )
         return True
 
-    def _depth(self, units, step, record):
+    def _depth(
+        self, units: Sequence[Any], step: int, record: Mapping[str, float]
+    ) -> None:
         # Depth is judged on layers with a kernel, which the advice is about
         # (a BatchNorm's scale and offset have no fan-in rule).
         norms = [
@@ -255,7 +273,7 @@ class Advisor:
             )
 
 
-def _depthwise_note(units):
+def _depthwise_note(units: Sequence[Any]) -> str:
     """A sentence on depthwise kernels, whose fan-in Keras's layout rule (and
     so an initializer given only the shape) overstates, if a unit has one."""
     for unit in units:

@@ -9,6 +9,8 @@ import numbers
 import os
 import re
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -51,11 +53,13 @@ PICTURE_BUDGET = 50
 # Chosen from benchmarks/: a logged step costs up to ~30% of a CPU step on an
 # optimizer-bound MLP, so every 25 steps keeps fit() within about 2%.
 DEFAULT_EVERY_N_STEPS = 25
+# {tag: [(step, value), ...]}, the newest `HISTORY_LIMIT` points of each.
+History = dict[str, list[tuple[int, float]]]
 # Step numbers live in int32 on the device under JAX.
 MAX_EVERY_N_STEPS = 2**31 - 1
 
 
-def _check_log_dir(log_dir):
+def _check_log_dir(log_dir: object) -> str:
     """Checks that `log_dir` can be written, creating nothing.
 
     A remote path (`gs://`, `s3://`, `hdfs://`, `ram://`, ...) is left to the
@@ -91,19 +95,19 @@ def _check_log_dir(log_dir):
     return path
 
 
-def _is_chief(model):
+def _is_chief(model: Any) -> bool:
     """Whether this process writes: the chief of a multi-worker run, or alone."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
-        return model.distribute_strategy.extended.should_save_summary
+        return bool(model.distribute_strategy.extended.should_save_summary)
     if backend == "jax":
         import jax
 
-        return jax.process_index() == 0
+        return bool(jax.process_index() == 0)
     return True
 
 
-def _check_supported(model, backend):
+def _check_supported(model: Any, backend: str) -> None:
     """A clear error before the first step for what the hooks cannot reach."""
     problem = None
     if backend == "jax" and keras.config.is_nnx_enabled():
@@ -125,20 +129,22 @@ def _check_supported(model, backend):
         )
 
 
-def _check_bool(name, flag):
+def _check_bool(name: str, flag: object) -> bool:
     if not isinstance(flag, bool):
         raise TypeError(f"Argument `{name}` must be a bool. Received: {name}={flag!r}")
     return flag
 
 
-def _record(history, tag, step, value, limit=None):
+def _record(
+    history: dict[str, Any], tag: str, step: int, value: Any, limit: int | None = None
+) -> None:
     series = history.setdefault(tag, [])
     series.append((step, value))
     if len(series) > (HISTORY_LIMIT if limit is None else limit):
         del series[0]
 
 
-def _check_histograms(histograms, every_n_steps):
+def _check_histograms(histograms: Any, every_n_steps: int | None) -> int | None:
     if histograms is None:
         return None
     if (
@@ -156,13 +162,14 @@ def _check_histograms(histograms, every_n_steps):
             "logged steps, and `every_n_steps=None` logs none. Received: "
             f"histograms={histograms!r}, every_n_steps=None"
         )
-    if every_n_steps * histograms > MAX_EVERY_N_STEPS:
+    k = int(histograms)
+    if every_n_steps * k > MAX_EVERY_N_STEPS:
         raise ValueError(
             "Argument `histograms` times `every_n_steps` must be at most "
             f"{MAX_EVERY_N_STEPS}. Received: histograms={histograms!r}, "
             f"every_n_steps={every_n_steps!r}"
         )
-    return int(histograms)
+    return k
 
 
 class GradientHealth(keras.callbacks.Callback):
@@ -317,8 +324,8 @@ class GradientHealth(keras.callbacks.Callback):
 
     def __init__(
         self,
-        log_dir: str | os.PathLike,
-        data=None,
+        log_dir: str | os.PathLike[str],
+        data: Any = None,
         every_n_steps: int | None = DEFAULT_EVERY_N_STEPS,
         probe_every_n_steps: int = 100,
         saturation_eps: float = 1e-3,
@@ -327,7 +334,7 @@ class GradientHealth(keras.callbacks.Callback):
         warn: bool = True,
         probe_training: bool = True,
         histograms: int | None = None,
-    ):
+    ) -> None:
         super().__init__()
         if every_n_steps is not None:
             every_n_steps = check_positive_int(
@@ -349,57 +356,69 @@ class GradientHealth(keras.callbacks.Callback):
         self.warn = _check_bool("warn", warn)
         self.probe_training = _check_bool("probe_training", probe_training)
         self.log_dir = _check_log_dir(log_dir)
-        self._probe = None
+        # The lifecycle's state is None until the Keras hook that sets it runs
+        # (on_train_begin before any batch): `Any` where mypy cannot follow that.
+        self._probe: Any = None
         if data is not None:
             from keras_fanin.health._probe_data import check_data
 
             batch = check_data(data)
             if keras.backend.backend() == "tensorflow":
                 from keras_fanin.health._probe_tf import Probe
-            else:
-                from keras_fanin.health._probe_stateless import StatelessProbe as Probe
 
-            self._probe = Probe(batch, self.saturation_eps, self.probe_training)
+                self._probe = Probe(batch, self.saturation_eps, self.probe_training)
+            else:
+                from keras_fanin.health._probe_stateless import StatelessProbe
+
+                self._probe = StatelessProbe(
+                    batch, self.saturation_eps, self.probe_training
+                )
         elif every_n_steps is None:
             raise ValueError(
                 "GradientHealth has nothing to watch: pass `data` (a probe batch) "
                 "or an `every_n_steps` for the training step. Received: "
                 "data=None, every_n_steps=None"
             )
-        self.history, self.probe_history = {}, {}
-        self.histogram_history = {}
+        self.history: History = {}
+        self.probe_history: History = {}
+        self.histogram_history: dict[str, list[tuple[int, Any]]] = {}
         self._advisor = Advisor(warn, stop_on_nonfinite)
-        self._writers = {}
-        self._hook = None
-        self._hook_key = None
-        self._units = None
+        self._writers: dict[str, EventWriter] = {}
+        self._hook: Any = None
+        self._hook_key: tuple[int, int] | None = None
+        self._units: Any = None
         # The step axis: one per run directory, shared by every fit().
-        self._root = None  # log_dir, or a KerasTuner trial's directory in it
-        self._next_step = None  # the run's next step number, once known
-        self._open_epochs = None  # {epoch: step} of a fit() that did not end
-        self._fit_epochs = {}  # {epoch: step} of the current fit()
+        self._root: Any = None  # log_dir, or a KerasTuner trial's directory in it
+        self._next_step: Any = None  # the run's next step number, once known
+        # {epoch: step} of a fit() that did not end
+        self._open_epochs: dict[int, int] | None = None
+        self._fit_epochs: dict[int, int] = {}  # {epoch: step} of the current fit()
         self._in_fit = False  # between on_train_begin and on_train_end
         self._starting = False  # in fit(), before its first epoch
         self._step = 0  # steps run, as far as the host knows
-        self._resumed_at = None  # the step a resumed fit() restarted at
+        self._resumed_at: int | None = None  # the step a resumed fit() restarted at
         self._epoch_start = 0
-        self._last_batch = None
+        self._last_batch: int | None = None
         self._flushed_through = -1
-        self._probe_last = None
-        self._since_picture = {}  # run -> rows logged since its last picture
-        self._pictured = {}  # run -> (when its last picture was done, its cost)
-        self._tabled = set()  # runs whose open writer has the layer table
-        self._charted = {}  # run -> chart titles in its open writer's layout
-        self._guarded = None  # the CallbackList whose exceptions end the fit
+        self._probe_last: Any = None
+        # run -> rows logged since its last picture
+        self._since_picture: dict[str, int] = {}
+        # run -> (when its last picture was done, its cost, the rows it shows)
+        self._pictured: dict[str, tuple[float, float, int]] = {}
+        self._tabled: set[str] = set()  # runs whose open writer has the layer table
+        # run -> chart titles in its open writer's layout
+        self._charted: dict[str, set[str]] = {}
+        self._guarded: Any = None  # the CallbackList whose exceptions end the fit
 
     # -- Keras hooks ---------------------------------------------------------
 
-    def set_model(self, model):
+    def set_model(self, model: Any) -> None:
         super().set_model(model)
         # Keras's CallbackList sets each callback's model as it is made: from
         # it, an exception raised by any callback of this fit() (which ends
         # the fit() without `on_train_end`) also restores the model at once.
-        caller = inspect.currentframe().f_back
+        frame = inspect.currentframe()
+        caller = frame.f_back if frame is not None else None
         owner = caller.f_locals.get("self") if caller is not None else None
         del caller
         if isinstance(owner, keras.callbacks.CallbackList) and owner is not (
@@ -411,8 +430,8 @@ class GradientHealth(keras.callbacks.Callback):
                 if method is not None:
                     object.__setattr__(owner, name, self._guard(method))
 
-    def _guard(self, method):
-        def guarded(*args, **kwargs):
+    def _guard(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        def guarded(*args: Any, **kwargs: Any) -> Any:
             try:
                 return method(*args, **kwargs)
             except BaseException:
@@ -422,7 +441,7 @@ class GradientHealth(keras.callbacks.Callback):
 
         return guarded
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if self._in_fit:
             self._end_abandoned_fit()
         root = self._root_for_fit()
@@ -446,7 +465,7 @@ class GradientHealth(keras.callbacks.Callback):
         if self.every_n_steps is not None:
             self._start_hook()
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self._starting:
             # After every `on_train_begin`: a BackupAndRestore listed after
             # this callback has restored the model and chosen the epoch.
@@ -457,7 +476,9 @@ class GradientHealth(keras.callbacks.Callback):
         self._fit_epochs[epoch] = self._step
         self._save_state()
 
-    def on_train_batch_begin(self, batch, logs=None):
+    def on_train_batch_begin(
+        self, batch: int, logs: dict[str, Any] | None = None
+    ) -> None:
         # Called before the execution starting at `batch` runs: `step` steps
         # are done. Hooking the batch *begin* leaves Keras free to dispatch
         # the batch-end hooks asynchronously, with no per-step host sync.
@@ -477,14 +498,14 @@ class GradientHealth(keras.callbacks.Callback):
             if step // n > self._probe_last // n:
                 self._measure_probe(step)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self._hook is not None:
             self._flush()
         else:
             self._step = self._epoch_start + self._batches_in_epoch()
         self._save_state()
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         try:
             ran = not self._starting
             if self._hook is not None:
@@ -504,7 +525,7 @@ class GradientHealth(keras.callbacks.Callback):
                 self._hook.uninstall()
             self.close()
 
-    def _begin_steps(self, epoch):
+    def _begin_steps(self, epoch: int) -> None:
         """Numbers this fit()'s first step: after the run's last, or, for a
         fit() resuming one that did not end, where its `epoch` began."""
         start = self._next_step
@@ -537,7 +558,7 @@ class GradientHealth(keras.callbacks.Callback):
             if start != self._probe_last:
                 self._measure_probe(start)
 
-    def _supersede(self, step):
+    def _supersede(self, step: int) -> None:
         """Drops what was logged from `step` on, in `history` and, through a
         restart event, in what TensorBoard shows."""
         for history in (self.history, self.probe_history, self.histogram_history):
@@ -551,7 +572,7 @@ class GradientHealth(keras.callbacks.Callback):
             if writer is not None:
                 writer.flush()
 
-    def _end_abandoned_fit(self):
+    def _end_abandoned_fit(self) -> None:
         """The previous fit() ended without `on_train_end` (an exception, an
         interrupt): what it left is written, and its epochs kept, so that a
         resumed fit() can take over from one of them."""
@@ -563,18 +584,18 @@ class GradientHealth(keras.callbacks.Callback):
         self._in_fit = False
         self.close()
 
-    def _salvage(self):
+    def _salvage(self) -> None:
         """Writes what the step buffer holds, if it can still be read."""
         try:
             self._flush(salvage=True)
         except Exception:  # noqa: BLE001 - a failed step may leave it unreadable
             pass
 
-    def _batches_in_epoch(self):
+    def _batches_in_epoch(self) -> int:
         spe = int(getattr(self.model, "steps_per_execution", 1) or 1)
         return self._last_batch + spe if self._last_batch is not None else 0
 
-    def _check_step_was_seen(self):
+    def _check_step_was_seen(self) -> None:
         """One clear warning when the model's own train step hid the gradients."""
         hook = self._hook
         if hook.applied or not self.model.trainable_weights:
@@ -594,7 +615,7 @@ class GradientHealth(keras.callbacks.Callback):
         )
         self._log_warnings(self._writer(TRAIN_RUN), self._step)
 
-    def close(self):
+    def close(self) -> None:
         """Flushes and closes the event files (also done at the end of training).
 
         A later `fit()` opens new event files in the same run directories.
@@ -607,7 +628,7 @@ class GradientHealth(keras.callbacks.Callback):
 
     # -- the step axis -------------------------------------------------------
 
-    def _root_for_fit(self):
+    def _root_for_fit(self) -> str:
         """Where this fit()'s runs go: `log_dir`, or under KerasTuner, the
         trial's directory as Keras's TensorBoard callback gets it."""
         trial = tuner_trial()
@@ -616,7 +637,7 @@ class GradientHealth(keras.callbacks.Callback):
         trial_id, execution = trial
         return os.path.join(self.log_dir, trial_id, f"execution{execution}")
 
-    def _check_alone_in(self, root):
+    def _check_alone_in(self, root: str) -> None:
         """Two callbacks of one fit() writing one run would each write the
         other's steps again: a clear error before any step runs."""
         for other in getattr(self._guarded, "callbacks", ()):
@@ -631,14 +652,14 @@ class GradientHealth(keras.callbacks.Callback):
                     "its own log_dir."
                 )
 
-    def _state_dir(self):
+    def _state_dir(self) -> str:
         return os.path.join(self._root, RUN_NAME)
 
-    def _runs(self):
+    def _runs(self) -> list[str]:
         runs = [TRAIN_RUN] if self.every_n_steps is not None else []
         return runs + ([PROBE_RUN] if self._probe is not None else [])
 
-    def _save_state(self):
+    def _save_state(self) -> None:
         if not _is_chief(self.model):
             return
         next_step = max(self._next_step, self._step, self._flushed_through + 1)
@@ -651,7 +672,7 @@ class GradientHealth(keras.callbacks.Callback):
 
     # -- the real step -------------------------------------------------------
 
-    def _sync(self):
+    def _sync(self) -> Any:
         """Brings the device state back into the model's variables.
 
         On JAX, Keras keeps the training state outside the variables during an
@@ -660,23 +681,31 @@ class GradientHealth(keras.callbacks.Callback):
         """
         return self.model
 
-    def _nonfinite_now(self):
+    def _nonfinite_now(self) -> bool:
         self._sync()
-        return self._hook.nonfinite()
+        return bool(self._hook.nonfinite())
 
-    def _logged_between(self, first, last):
+    def _logged_between(self, first: int, last: int) -> int:
         """How many logged steps lie in `[first, last)`."""
         n = self.every_n_steps
+        assert n is not None  # only called with a step hook
         return max(0, (last - 1) // n - (first - 1) // n) if last > first else 0
 
-    def _start_hook(self):
+    def _start_hook(self) -> None:
         backend = keras.backend.backend()
+        hook_class: type[Any]
         if backend == "tensorflow":
-            from keras_fanin.health._step_tf import TFStepHook as Hook
+            from keras_fanin.health._step_tf import TFStepHook
+
+            hook_class = TFStepHook
         elif backend == "jax":
-            from keras_fanin.health._step_jax import JaxStepHook as Hook
+            from keras_fanin.health._step_jax import JaxStepHook
+
+            hook_class = JaxStepHook
         elif backend == "torch":
-            from keras_fanin.health._step_torch import TorchStepHook as Hook
+            from keras_fanin.health._step_torch import TorchStepHook
+
+            hook_class = TorchStepHook
         else:
             raise ValueError(
                 f"GradientHealth cannot watch the training step on the "
@@ -689,8 +718,9 @@ class GradientHealth(keras.callbacks.Callback):
         if self._hook is None or key != self._hook_key or not self._hook.usable():
             self._units = find_units(model)
             spe = int(getattr(model, "steps_per_execution", 1) or 1)
+            assert self.every_n_steps is not None  # a step hook is asked for
             per_execution = -(-spe // self.every_n_steps) + 1
-            self._hook = Hook(
+            self._hook = hook_class(
                 model,
                 Layout(self._units),
                 self.every_n_steps,
@@ -707,14 +737,14 @@ class GradientHealth(keras.callbacks.Callback):
         self._flushed_through = self._step - 1
         self._hook.install()
 
-    def _on_abort(self):
+    def _on_abort(self) -> None:
         """The watch ends this fit() early (the step raised, or a new fit()
         began without `on_train_end`): write what the buffer holds."""
         self._salvage()
         self._save_state()
         self.close()
 
-    def _flush(self, salvage=False):
+    def _flush(self, salvage: bool = False) -> None:
         """Reads the step buffer once and writes, records and checks its rows."""
         hook = self._hook
         self._sync()
@@ -761,10 +791,10 @@ class GradientHealth(keras.callbacks.Callback):
         if stop:
             self.model.stop_training = True
 
-    def _flush_histograms(self, hook, writer, last):
+    def _flush_histograms(self, hook: Any, writer: Any, last: int) -> None:
         """Reads the histogram ring, only when a histogram step ran since the
         last flush, and writes and records its new rows."""
-        if not hook.histograms:
+        if not hook.histograms or not self.every_n_steps or not self.histograms:
             return
         period = self.every_n_steps * self.histograms
         first = self._flushed_through + 1
@@ -788,7 +818,7 @@ class GradientHealth(keras.callbacks.Callback):
 
     # -- the probe -----------------------------------------------------------
 
-    def _measure_probe(self, step):
+    def _measure_probe(self, step: int) -> None:
         self._sync()
         record, codes, loss = self._probe.measure()
         self._probe_last = step
@@ -819,13 +849,15 @@ class GradientHealth(keras.callbacks.Callback):
 
     # -- writing ---------------------------------------------------------------
 
-    def _log_warnings(self, writer, step):
+    def _log_warnings(self, writer: EventWriter | None, step: int) -> None:
         """Writes the warnings just raised as text, for `keras_fanin.report`."""
         raised = self._advisor.take_raised()
         if raised and writer is not None:
             writer.write_text(step, "warnings", raised)
 
-    def _write_layers(self, run, writer, units, step):
+    def _write_layers(
+        self, run: str, writer: EventWriter | None, units: Sequence[Any], step: int
+    ) -> None:
         """Writes the watched layers once per event file, in forward order."""
         if writer is None or run in self._tabled or not units:
             return
@@ -843,7 +875,9 @@ class GradientHealth(keras.callbacks.Callback):
             step, [(u.name, u.activation or "", u.has_kernel) for u in units]
         )
 
-    def _write_charts(self, run, writer, tags, step):
+    def _write_charts(
+        self, run: str, writer: EventWriter | None, tags: list[str], step: int
+    ) -> None:
         """Writes the custom-scalars layout of the signals the run writes, in
         each event file, again when a signal first appears."""
         if writer is None:
@@ -857,7 +891,7 @@ class GradientHealth(keras.callbacks.Callback):
             {t: p for t, p in CHART_PATTERNS.items() if t in charted}, step
         )
 
-    def _picture(self, run, new_rows=0, force=False):
+    def _picture(self, run: str, new_rows: int = 0, force: bool = False) -> None:
         """Writes the run's gradient-flow picture when `PICTURE_ROWS` are new."""
         rows = self._since_picture.get(run, 0) + new_rows
         self._since_picture[run] = rows
@@ -883,7 +917,7 @@ class GradientHealth(keras.callbacks.Callback):
             end = time.perf_counter()
             self._pictured[run] = (end, end - start, shown + rows)
 
-    def _draw_picture(self, run):
+    def _draw_picture(self, run: str) -> None:
         writer = self._writer(run)
         if writer is None:
             return
@@ -901,7 +935,7 @@ class GradientHealth(keras.callbacks.Callback):
         )
         writer.write_text(step, "gradient_flow_legend", [picture.legend()])
 
-    def _writer(self, run):
+    def _writer(self, run: str) -> EventWriter | None:
         """The run's event writer, opened on first use; None on a non-chief."""
         if run in self._writers:
             return self._writers[run]
@@ -940,7 +974,7 @@ _GUARDED = (
 )
 
 
-def _chart_titles(tag):
+def _chart_titles(tag: str) -> list[str]:
     """The custom-scalars charts a tag appears in."""
     return [
         title for title, pattern in CHART_PATTERNS.items() if re.match(pattern, tag)

@@ -13,7 +13,7 @@ Keras calls at the start of every `fit()` and `train_on_batch()`.
 """
 
 import itertools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import keras
 
@@ -172,7 +172,7 @@ class Watch:
         return self.model.make_train_function(force=force)
 
 
-_watches = {}  # id(model) -> its Watch while hooks are on it
+_watches: dict[int, Any] = {}  # id(model) -> its Watch while hooks are on it
 
 # What a hook does in a step: nothing, log it, or log it with histograms.
 PLAIN, LOGGED, HISTOGRAMS = 0, 1, 2

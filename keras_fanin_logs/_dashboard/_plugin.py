@@ -15,6 +15,7 @@ into an iframe. The routes answer JSON read through the data provider:
 
 import json
 import os
+from typing import Any
 
 from tensorboard import errors, plugin_util
 from tensorboard.backend import http_util
@@ -29,6 +30,9 @@ STATIC = os.path.join(os.path.dirname(__file__), "static")
 _TYPES = {".js": "text/javascript", ".css": "text/css"}
 # `--samples_per_plugin scalars=0` keeps every point.
 _ALL = 2**62
+# werkzeug's `Request.application` wraps methods too (the request is their
+# last argument), but its annotations take a function of the request alone.
+_application: Any = wrappers.Request.application
 
 
 class GradientHealthPlugin(base_plugin.TBPlugin):
@@ -102,7 +106,7 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
         body = json.dumps(data, allow_nan=False, separators=(",", ":"))
         return http_util.Respond(request, body, "application/json")
 
-    @wrappers.Request.application
+    @_application
     def _serve_runs(self, request):
         ctx, experiment = self._where(request)
         runs = self._reader.runs(ctx, experiment)
@@ -124,7 +128,7 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
             },
         )
 
-    @wrappers.Request.application
+    @_application
     def _serve_verdicts(self, request):
         name, run = self._run(request)
         data = run.derived.get("verdicts")
@@ -132,7 +136,7 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
             data = run.derived["verdicts"] = _views.verdicts(name, run)
         return self._json(request, data)
 
-    @wrappers.Request.application
+    @_application
     def _serve_matrix(self, request):
         _, run = self._run(request)
         signal = request.args.get("signal", "grad_norm")
@@ -146,7 +150,7 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
             run.derived[key] = data
         return self._json(request, data)
 
-    @wrappers.Request.application
+    @_application
     def _serve_layer(self, request):
         _, run = self._run(request)
         name = request.args.get("layer")
@@ -154,7 +158,7 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
             raise errors.NotFoundError(f"No layer {name!r} in this run")
         return self._json(request, _views.layer(run, name))
 
-    @wrappers.Request.application
+    @_application
     def _serve_distribution(self, request):
         name, run = self._run(request)
         layer = request.args.get("layer")
