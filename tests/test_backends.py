@@ -141,38 +141,45 @@ def test_event_files_without_tensorflow_read_by_tensorboard(runs):
             )
 
 
+# What runs again on JAX and on torch: the files whose code differs by
+# backend (the random draws, the step hooks, the probe, check's measuring).
+# Not again: the fans and the gain table (shape rules and numpy integrals,
+# checked on TensorFlow) and report (a reader that imports no backend; it
+# reads JAX's and torch's event files in the tests above).
 TEST_FILES = (
-    # The initializers, fans, gains, orthogonal family and LSUV.
-    "tests/test_initializers.py", "tests/test_fans.py", "tests/test_gains.py",
-    "tests/test_orthogonal.py", "tests/test_lsuv.py",
-    # GradientHealth (probe, models, the real step), report and check; the
-    # `tf_only` tests skip themselves.
+    "tests/test_initializers.py",
+    # GradientHealth (probe, models, the real step, histograms) and check;
+    # the `tf_only` tests skip themselves.
     "tests/test_gradient_health.py", "tests/test_gradient_health_models.py",
     "tests/test_gradient_health_step.py", "tests/test_histograms.py",
-    "tests/test_report.py",
     "tests/test_check.py", "tests/test_fix.py",
     # The step axis and the model's lifecycle across fit() calls (issue 18).
     "tests/test_record.py", "tests/test_record_faults.py",
     "tests/test_custom_steps.py",
-    # Every layer with kernels judged (issue 18); Keras Applications on
-    # TensorFlow only (about 40 s each on JAX).
-    "tests/test_every_layer.py",
 )  # fmt: skip
+# On torch only, which runs the above in less than half JAX's time (JAX
+# compiles each new shape): the orthogonal family, LSUV and every layer with
+# kernels judged (issue 18; Keras Applications on TensorFlow only).
+MORE_FILES = {
+    "jax": (),
+    "torch": ("tests/test_orthogonal.py", "tests/test_lsuv.py",
+              "tests/test_every_layer.py"),
+}  # fmt: skip
 DESELECT = "not applications"
 
 
 @pytest.mark.slow
 def test_test_files_pass_on_jax_and_torch(tmp_path):
-    """The initializer and GradientHealth test files, whole, on JAX and on torch:
-    one pytest process per backend, both at once (each mostly waits on one
-    core; this process only waits)."""
+    """The initializer and GradientHealth test files, whole, on JAX and on torch
+    (`TEST_FILES`, `MORE_FILES`): one pytest process per backend, both at once
+    (each mostly waits on one core; this process only waits)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     procs = {}
     for backend in ("jax", "torch"):
         log = open(tmp_path / f"{backend}.log", "w+")  # noqa: SIM115 (closed below)
         procs[backend] = (log, subprocess.Popen(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs",
-             "-k", DESELECT, *TEST_FILES],
+             "-k", DESELECT, *TEST_FILES, *MORE_FILES[backend]],
             stdout=log, stderr=subprocess.STDOUT, text=True, cwd=root,
             env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"},
         ))  # fmt: skip
