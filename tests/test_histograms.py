@@ -13,6 +13,7 @@ from keras_fanin import GradientHealth
 from keras_fanin.health import _callback, _stats
 from keras_fanin.health._hook import UpdatePlan
 from keras_fanin_logs import _histogram
+from tests import test_gradient_health_step as step_tests
 from tests.helpers import (
     TRAIN,
     get_json,
@@ -139,13 +140,8 @@ def data():
     return x, y
 
 
-class WeightsPerStep(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.weights = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.weights.append([w.copy() for w in self.model.get_weights()])
+class WeightsPerStep(step_tests.WeightsPerStep):
+    """The weights before every step, and after the last."""
 
     def on_train_end(self, logs=None):
         self.weights.append([w.copy() for w in self.model.get_weights()])

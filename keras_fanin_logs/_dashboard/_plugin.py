@@ -150,20 +150,22 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
             run.derived[key] = data
         return self._json(request, data)
 
-    @_application
-    def _serve_layer(self, request):
-        _, run = self._run(request)
-        name = request.args.get("layer")
-        if name not in _views.names(run):
-            raise errors.NotFoundError(f"No layer {name!r} in this run")
-        return self._json(request, _views.layer(run, name))
-
-    @_application
-    def _serve_distribution(self, request):
+    def _layer(self, request):
+        """`(run name, Run, layer)` of a request naming a run and its layer."""
         name, run = self._run(request)
         layer = request.args.get("layer")
         if layer not in _views.names(run):
             raise errors.NotFoundError(f"No layer {layer!r} in this run")
+        return name, run, layer
+
+    @_application
+    def _serve_layer(self, request):
+        _, run, layer = self._layer(request)
+        return self._json(request, _views.layer(run, layer))
+
+    @_application
+    def _serve_distribution(self, request):
+        name, _, layer = self._layer(request)
         ctx, experiment = self._where(request)
         histograms = self._reader.histograms(ctx, experiment, name, layer)
         return self._json(request, _views.distribution(layer, histograms))
