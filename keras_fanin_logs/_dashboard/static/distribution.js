@@ -8,7 +8,10 @@ import { css, fmt, lutColor, VIRIDIS } from "./format.js";
 const NAMES = { grad_hist: "gradient", weight_hist: "weights", update_hist: "update" };
 // Shares below this get the colour map's darkest colour: one value in 10^4.
 const LOWEST = -4;
-const EMPTY = [238, 238, 238];
+// An empty bin: a shade of the page's background, light or dark.
+function empty() {
+  return document.documentElement.dataset.theme === "dark" ? [52, 52, 56] : [238, 238, 238];
+}
 
 // A bin's axis label: the power of ten it holds ("1e-3", "-0.1"), "0" for
 // the zero bin, the range of an under- or overflow bin; "" for the others.
@@ -29,6 +32,7 @@ function binLabel(edges, bin, zero) {
 
 function paint(canvas, counts, rows) {
   const cols = counts.length;
+  const blank = empty();
   canvas.width = Math.max(cols, 1);
   canvas.height = Math.max(rows, 1);
   const context = canvas.getContext("2d");
@@ -38,7 +42,7 @@ function paint(canvas, counts, rows) {
     for (let r = 0; r < rows; r++) {
       const n = counts[c][rows - 1 - r];
       const rgb = n === 0 || total === 0
-        ? EMPTY
+        ? blank
         : lutColor(VIRIDIS, (Math.log10(n / total) - LOWEST) / -LOWEST);
       const i = (r * canvas.width + c) * 4;
       image.data.set([rgb[0], rgb[1], rgb[2], 255], i);
@@ -127,8 +131,8 @@ export function drawDistribution(parent, data, width) {
   const bar = h("span", { class: "dist-bar" }, key);
   bar.style.background = `linear-gradient(to right, ${[0, 0.25, 0.5, 0.75, 1].map((t) => css(lutColor(VIRIDIS, t))).join(",")})`;
   key.append(` share: 10^${LOWEST} to 1 (log);`);
-  const empty = h("span", { class: "swatch", style: `background:${css(EMPTY)}` }, key);
-  empty.title = "no value";
+  const none = h("span", { class: "swatch", style: `background:${css(empty())}` }, key);
+  none.title = "no value";
   key.append(" none");
   heatmap(body, data, current, width);
 }
