@@ -37,17 +37,6 @@ def served(log_dir, tag="grad_norm/h1", run=TRAIN):
     ]
 
 
-class CrashAt(keras.callbacks.Callback):
-    def __init__(self, at):
-        super().__init__()
-        self.at, self.seen = at, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seen += 1
-        if self.seen == self.at:
-            raise RuntimeError("preempted")
-
-
 def _crash_and_resume(tmp_path, data, same_callback, how):
     """5 epochs of 7 steps; a crash at step 25 (epoch 3). `backup`: a
     batch-level backup every 10 steps (the last at step 19, in epoch 2), so
@@ -63,7 +52,7 @@ def _crash_and_resume(tmp_path, data, same_callback, how):
     else:
         restore, kwargs = [], {"initial_epoch": 2}
     with pytest.raises(RuntimeError, match="preempted"):
-        fit(model, data, [health, *restore, CrashAt(26)], epochs=5)
+        fit(model, data, [health, *restore, record.CrashAt(26)], epochs=5)
     if not same_callback:
         health = GradientHealth(tmp_path / "logs", every_n_steps=1)
     history = fit(model, data, [health, *restore], epochs=5, **kwargs)

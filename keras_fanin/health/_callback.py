@@ -220,7 +220,8 @@ class GradientHealth(keras.callbacks.Callback):
     trainable weights, for TensorBoard's HISTOGRAMS and DISTRIBUTIONS tabs.
     The bins are fixed (`GradientHealth.HISTOGRAM_EDGES`): one per octave of
     magnitude from `2**-34` (5.8e-11) to `2**14` (16384), mirrored for
-    negative values, one each side below and above that range, and one for
+    negative values (their edges one float32 towards zero from the powers of
+    two), one each side below and above that range, and one for
     zero and float32's subnormals; NaN and inf are counted apart. Counts are
     exact: `numpy.histogram(values, HISTOGRAM_EDGES)` gives the same. They
     are computed in the logged step on the device, kept there with the other
@@ -316,8 +317,9 @@ class GradientHealth(keras.callbacks.Callback):
             per-layer histograms of the gradient, the weights and the
             update every `k`-th logged step (with the default
             `every_n_steps=25`, `histograms=4` gives one every 100 steps).
-            A histogram step costs about as much as one more pass of the
-            optimizer over the weights. Needs `every_n_steps`.
+            It counts every value, three per weight: on a 2-core CPU a
+            histogram step took 35-50% longer than a logged step without
+            (benchmarks/), so keep `k` large there. Needs `every_n_steps`.
     """
 
     HISTOGRAM_EDGES = _histogram.EDGES
@@ -685,9 +687,10 @@ class GradientHealth(keras.callbacks.Callback):
         self._sync()
         return bool(self._hook.nonfinite())
 
-    def _logged_between(self, first: int, last: int) -> int:
-        """How many logged steps lie in `[first, last)`."""
-        n = self.every_n_steps
+    def _logged_between(self, first: int, last: int, every: int | None = None) -> int:
+        """How many logged steps (multiples of `every`, by default
+        `every_n_steps`) lie in `[first, last)`."""
+        n = every or self.every_n_steps
         assert n is not None  # only called with a step hook
         return max(0, (last - 1) // n - (first - 1) // n) if last > first else 0
 
@@ -797,9 +800,8 @@ class GradientHealth(keras.callbacks.Callback):
         if not hook.histograms or not self.every_n_steps or not self.histograms:
             return
         period = self.every_n_steps * self.histograms
-        first = self._flushed_through + 1
-        if last <= first or (last - 1) // period == (first - 1) // period:
-            return  # no multiple of `period` in [first, last)
+        if not self._logged_between(self._flushed_through + 1, last, period):
+            return
         steps, counts = hook.read_histograms()
         tags = hook.layout.hist_tags()
         new = np.flatnonzero(steps > self._flushed_through)

@@ -404,7 +404,7 @@ class JaxStepHook(StepHook):
         )
         self.layout.hist_written.update(plan.unit_ids)
         steps_slot, rows_slot = self._slots()[3:]
-        row = (step // (self.every_n * self.histograms)) % self.hist_capacity
+        row = self.hist_row(step)
         rows = metrics[rows_slot]
         metrics[rows_slot] = rows.at[row, jnp.asarray(plan.unit_ids)].set(counts)
         metrics[steps_slot] = metrics[steps_slot].at[row].set(step)

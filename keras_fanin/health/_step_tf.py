@@ -240,8 +240,7 @@ class TFStepHook(StepHook):
             keep = sorted(last.values())
             units, counts = [units[i] for i in keep], tf.gather(counts, keep)
         self.layout.hist_written.update(units)
-        logged = self.counter.read_value() // self.every_n
-        row = (logged // self.histograms) % self.hist_capacity
+        row = self.hist_row(self.counter.read_value())
         if not self._dispatching:
             row = tf.where(self._hist_now(), row, self.hist_capacity)
         indices = tf.stack(
