@@ -4,6 +4,7 @@
 
 import { h, hideTip, showTip } from "./dom.js";
 import { css, fmt, lutColor, VIRIDIS } from "./format.js";
+import { stepAxis } from "./heatmap.js";
 
 const NAMES = { grad_hist: "gradient", weight_hist: "weights", update_hist: "update" };
 // Shares below this get the colour map's darkest colour: one value in 10^4.
@@ -101,13 +102,7 @@ function heatmap(parent, data, signal, width) {
     ], { step: String(series.steps[c]), bin: String(bin), count: String(n), signal });
   });
   canvas.addEventListener("mouseleave", hideTip);
-  const axis = h("div", { class: "step-axis", style: `width:${width}px` }, parent);
-  const n = series.steps.length;
-  const count = Math.min(n, 5);
-  for (let k = 0; k < count; k++) {
-    const c = count > 1 ? Math.round((k * (n - 1)) / (count - 1)) : 0;
-    h("span", { class: "step-tick", style: `left:${((c + 0.5) / n) * 100}%`, text: String(series.steps[c]) }, axis);
-  }
+  stepAxis(parent, series.steps, { style: `width:${width}px` });
 }
 
 export function drawDistribution(parent, data, width) {

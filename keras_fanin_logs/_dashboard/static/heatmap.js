@@ -74,15 +74,16 @@ function colorBar(parent, { log, lo, hi, table, height, threshold }) {
   }
 }
 
-function stepAxis(parent, matrix) {
-  const axis = h("div", { class: "step-axis" }, parent);
-  const n = matrix.cols;
+// Up to five step labels under a chart of one column per step.
+export function stepAxis(parent, steps, attrs = {}) {
+  const axis = h("div", { class: "step-axis", ...attrs }, parent);
+  const n = steps.length;
   if (!n) return;
   const count = Math.min(n, 5);
   for (let k = 0; k < count; k++) {
     const c = count > 1 ? Math.round((k * (n - 1)) / (count - 1)) : 0;
     const left = ((c + 0.5) / n) * 100;
-    h("span", { class: "step-tick", style: `left:${left}%`, text: String(matrix.steps[c]) }, axis);
+    h("span", { class: "step-tick", style: `left:${left}%`, text: String(steps[c]) }, axis);
   }
 }
 
@@ -118,7 +119,7 @@ function panel(parent, { run, matrix, color, width, rh, signal, title }) {
     });
   });
   canvas.addEventListener("mouseleave", hideTip);
-  stepAxis(box, matrix);
+  stepAxis(box, matrix.steps);
   return box;
 }
 
